@@ -1,0 +1,5 @@
+"""Small reference models as ``(init, apply)`` pairs over plain pytrees of arrays."""
+
+from trainmap.models.mlp import Model, mlp
+
+__all__ = ["Model", "mlp"]
