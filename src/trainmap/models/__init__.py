@@ -1,5 +1,6 @@
 """Small reference models as ``(init, apply)`` pairs over plain pytrees of arrays."""
 
+from trainmap.models.cnn import lenet
 from trainmap.models.mlp import Model, mlp
 
-__all__ = ["Model", "mlp"]
+__all__ = ["Model", "lenet", "mlp"]
