@@ -1,0 +1,112 @@
+"""Record a PyTorch training loop's parameters into a :class:`~trainmap.record.store.Trajectory`.
+
+Needs the optional extra: ``pip install "trainmap[torch]"`` (torch 2.13.0, CPU build).
+torch is imported only when a recorder is created.
+
+Usage as a context manager that hooks the optimizer (records after every k-th ``step()``)::
+
+    with TorchRecorder(model, every=1, include=["fc2.weight"], optimizer=opt) as rec:
+        for x, y in loader:
+            opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+    traj = rec.to_trajectory()          # (1, steps, F), step 0 = the initial parameters
+
+or by hand: ``rec.record(step)`` wherever you like.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from trainmap.record.recorders import ArrayRecorder
+from trainmap.record.store import Trajectory
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise ImportError(
+            "the PyTorch recorder needs torch; install the extra with "
+            "`pip install \"trainmap[torch]\"` (pins torch==2.13.0, the CPU build)"
+        ) from exc
+    return torch
+
+
+class TorchRecorder:
+    """Records named parameters of a ``torch.nn.Module`` every ``every`` optimizer steps.
+
+    Args:
+        model: the module whose ``named_parameters()`` are recorded.
+        every: record after optimizer steps k with ``k % every == 0`` (step 0 = on enter).
+        include: parameter names or prefixes to record (e.g. ``["fc2"]``); None records all.
+        optimizer: if given, a post-step hook records automatically while the context is open.
+        label: label of this run (seed or condition).
+        dtype: dtype of the stored features.
+    """
+
+    def __init__(self, model: Any, every: int = 1, include: Sequence[str] | None = None,
+                 optimizer: Any = None, label: str = "0", dtype: Any = np.float32) -> None:
+        torch = _torch()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        names = [n for n, _ in model.named_parameters()]
+        if include:
+            chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in include)]
+            missing = [p for p in include if not any(n == p or n.startswith(p + ".") for n in names)]
+            if missing:
+                raise ValueError(f"parameters {missing} not in the model; available: {names}")
+        else:
+            chosen = names
+        self.model = model
+        self.names = chosen
+        self.optimizer = optimizer
+        self._rec = ArrayRecorder(every=every, label=label, dtype=dtype)
+        self._count = 0
+        self._handle: Any = None
+
+    @property
+    def every(self) -> int:
+        return self._rec.every
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach().cpu().numpy() for n in self.names}
+
+    def record(self, step: int | None = None) -> None:
+        """Record the current parameters at ``step`` (default: the internal step counter)."""
+        self._rec.record(self._count if step is None else int(step), **self._snapshot())
+
+    def step(self) -> None:
+        """Advance the step counter by one and record if the new step is due."""
+        self._count += 1
+        if self._rec.due(self._count):
+            self.record()
+
+    def attach(self, optimizer: Any) -> Any:
+        """Call :meth:`step` after every ``optimizer.step()``; returns the removable hook handle."""
+        self._handle = optimizer.register_step_post_hook(lambda *_: self.step())
+        return self._handle
+
+    def __enter__(self) -> "TorchRecorder":
+        if len(self._rec) == 0:
+            self.record(0)
+        if self.optimizer is not None:
+            self.attach(self.optimizer)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def to_trajectory(self, meta: dict | None = None) -> Trajectory:
+        """The recorded run as a (1, recorded steps, F) Trajectory with a layer table."""
+        return self._rec.to_trajectory({"source": "torch", **(meta or {})})
+
+
+def record_torch(model: Any, optimizer: Any = None, every: int = 1,
+                 include: Sequence[str] | None = None, label: str = "0") -> TorchRecorder:
+    """Shortcut for ``TorchRecorder(model, every, include, optimizer, label)``."""
+    return TorchRecorder(model, every=every, include=include, optimizer=optimizer, label=label)
