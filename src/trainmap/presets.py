@@ -29,7 +29,10 @@ class Setup(NamedTuple):
 def make_optimizer(
     name: str, lr: float, num_steps: int, momentum: float = 0.9, schedule: str = "cosine"
 ) -> optax.GradientTransformation:
-    """SGD (with momentum) or Adam with a cosine-decayed (to 0 over ``num_steps``) or constant lr."""
+    """SGD (with momentum) or Adam with a cosine-decayed (to 0 over ``num_steps``) or constant lr.
+
+    Adam uses ``eps_root=1e-16`` so that it stays differentiable (for the training Jacobian).
+    """
     if schedule == "cosine":
         rate = optax.cosine_decay_schedule(lr, num_steps)
     elif schedule == "constant":
@@ -39,7 +42,9 @@ def make_optimizer(
     if name == "sgd":
         return optax.sgd(rate, momentum=momentum if momentum else None)
     if name == "adam":
-        return optax.adam(rate)
+        # eps_root > 0 keeps sqrt(v) differentiable where a gradient is exactly zero (dead
+        # pixels of the digits), so the training Jacobian stays finite
+        return optax.adam(rate, eps_root=1e-16)
     raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
 
 

@@ -322,9 +322,9 @@ def make_recipe(
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss(outputs, targets) -> scalar``.
         config: JSON-able description stored with results.
     """
-    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     if isinstance(loss, str) and loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass a callable")
+    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     batches = epoch_batches(np.shape(x)[0], batch_size, epochs, shuffle_seed)
     cfg = dict(batch_size=batch_size, epochs=epochs, shuffle_seed=shuffle_seed,
                loss=loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"))

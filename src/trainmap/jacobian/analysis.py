@@ -1,0 +1,193 @@
+"""End-to-end training-Jacobian analysis of a recipe, written to a results folder.
+
+``analyze(recipe, theta0, out_dir)`` trains once (checking for divergence), computes the exact
+Jacobian in resumable chunks, decomposes it, and writes (see DESIGN.md):
+
+* ``config.json`` — the recipe's config and the engine's settings;
+* ``summary.json`` — region counts/fractions, σ_max, σ_min, median |cos(u_i, v_i)| per region,
+  loss and accuracy before/after training, wall times, warnings;
+* arrays — ``jacobian.npy`` (P, P), ``singular_values.npy`` (P,), ``svd_U.npy`` (P, P),
+  ``svd_Vt.npy`` (P, P), ``regions.npy`` (P,) int8 (0 stable, 1 bulk, 2 chaotic),
+  ``cos_uv.npy`` (P,), ``delta_proj.npy`` (P,) = Vᵀ(θ_T − θ₀), ``theta0.npy``, ``thetaT.npy``,
+  ``train_losses.npy`` (T,);
+* figures — ``spectrum.png``, ``sigma_minus_one.png``, ``cos_uv.png``, ``delta_proj.png``;
+* ``report.html``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap.jacobian import figures
+from trainmap.jacobian.exact import CheckpointError, exact_jacobian, precision_context
+from trainmap.jacobian.regions import JacobianSVD, Thresholds, project_change, region_summary, svd
+from trainmap.recipe import Recipe, check_training, evaluate
+
+CAPTIONS = {
+    "spectrum.png": "Singular values of J, descending, log scale; shaded: chaotic (σ > 1.1), bulk "
+                    "(|σ−1| ≤ 0.1), stable (σ < 0.9). Look for the wide flat bulk at σ ≈ 1.",
+    "sigma_minus_one.png": "|σ−1| on a log scale: how close the bulk lies to 1 (float32 resolves "
+                           "about 1e-6).",
+    "cos_uv.png": "cos(u_i, v_i): in the bulk left and right singular vectors coincide (≈ 1).",
+    "delta_proj.png": "|v_iᵀ(θ_T − θ₀)|: how far training moved along each singular direction.",
+}
+
+
+def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    if overwrite and out.exists():
+        if any(out.iterdir()) and not ((out / "config.json").exists() or (out / "checkpoint").exists()):
+            raise FileExistsError(f"{out} is not empty and is not a trainmap results folder; "
+                                  "refusing to overwrite it: choose another --out")
+        shutil.rmtree(out)
+    if (out / "summary.json").exists() and not resume:
+        raise FileExistsError(f"{out} already holds a finished analysis; pass --overwrite to redo it "
+                              "or --out to write elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def decompose_and_save(
+    J: np.ndarray, theta0: np.ndarray, thetaT: np.ndarray, out: Path,
+    thresholds: Thresholds = Thresholds(), svd_dtype: Any = None,
+) -> tuple[JacobianSVD, np.ndarray]:
+    """SVD J, save the spectral arrays and figures into ``out``; returns (svd, delta_proj)."""
+    dec = svd(J, thresholds, svd_dtype)
+    proj = project_change(dec.Vt, theta0, thetaT)
+    for name, arr in (("singular_values", dec.S), ("svd_U", dec.U), ("svd_Vt", dec.Vt),
+                      ("regions", dec.codes), ("cos_uv", dec.cos_uv), ("delta_proj", proj)):
+        atomic_save_npy(out / f"{name}.npy", arr)
+    figures.spectrum_figure(dec.S, dec.codes, thresholds, out / "spectrum.png")
+    figures.distance_from_one_figure(dec.S, dec.codes, thresholds, out / "sigma_minus_one.png")
+    figures.cosine_figure(dec.cos_uv, dec.codes, out / "cos_uv.png")
+    figures.change_projection_figure(proj, dec.codes, out / "delta_proj.png")
+    return dec, proj
+
+
+def load_svd(run_dir: str | Path) -> JacobianSVD:
+    """Read the decomposition saved by :func:`analyze` from a results folder."""
+    run = Path(run_dir)
+    cfg = read_json(run / "config.json")
+    th = Thresholds(cfg["thresholds"]["stable_below"], cfg["thresholds"]["chaotic_above"])
+    return JacobianSVD(load_npy(run / "svd_U.npy"), load_npy(run / "singular_values.npy"),
+                       load_npy(run / "svd_Vt.npy"), load_npy(run / "regions.npy"),
+                       load_npy(run / "cos_uv.npy"), th)
+
+
+def analyze(
+    recipe: Recipe,
+    theta0: Any,
+    out_dir: str | Path,
+    *,
+    eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
+    dtype: Any = np.float32,
+    thresholds: Thresholds = Thresholds(),
+    chunk_size: int | None = None,
+    memory_budget_gb: float = 2.0,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compute, decompose and report the exact training Jacobian of ``recipe`` from ``theta0``.
+
+    Args:
+        recipe: any :class:`~trainmap.recipe.Recipe` (your own model, loss, optimizer, data).
+        theta0: (P,) initial flat parameters.
+        out_dir: results folder (created).
+        eval_sets: ``{"train": (x, y), "test": (x, y), ...}`` classification sets on which loss
+            and accuracy are reported before and after training (default: the recipe's data).
+        dtype: float32 or float64 for the Jacobian and the SVD.
+        thresholds: region boundaries on σ.
+        chunk_size, memory_budget_gb: see :func:`~trainmap.jacobian.exact.exact_jacobian`.
+        resume: continue an interrupted run in ``out_dir``.
+        overwrite: delete a previous trainmap results folder at ``out_dir`` first.
+        progress: progress bar over chunks.
+        stop_after: stop after this many new chunks (raises KeyboardInterrupt; for tests).
+        config: extra JSON-able settings recorded in config.json.
+
+    Returns:
+        The summary dictionary (also written to ``summary.json``).
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    _prepare_folder(out, resume, overwrite)
+    dt = np.dtype(dtype)
+    cfg = {**recipe.config, **(config or {}), "dtype": dt.name, "chunk_size": chunk_size,
+           "memory_budget_gb": memory_budget_gb, "num_params": recipe.num_params,
+           "num_steps": recipe.num_steps,
+           "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high}}
+    if resume and (out / "config.json").exists():
+        old = read_json(out / "config.json")
+        if old != read_json_roundtrip(cfg):
+            raise CheckpointError(f"{out}/config.json differs from this run's settings; resume with "
+                                  "the same options, or use --overwrite")
+    atomic_write_json(out / "config.json", cfg)
+    sets = dict(eval_sets) if eval_sets is not None else {"train": (recipe.x, recipe.y)}
+    with precision_context(dt):
+        th0 = jnp.asarray(theta0, dtype=dt)
+        thT, losses = check_training(recipe, th0)
+        metrics = {name: {"before": evaluate(recipe.apply, recipe.unravel, th0, x, y),
+                          "after": evaluate(recipe.apply, recipe.unravel, thT, x, y)}
+                   for name, (x, y) in sets.items()}
+    th0_np, thT_np = np.asarray(th0), np.asarray(thT)
+    atomic_save_npy(out / "theta0.npy", th0_np)
+    atomic_save_npy(out / "thetaT.npy", thT_np)
+    atomic_save_npy(out / "train_losses.npy", losses)
+    t_train = time.perf_counter()
+
+    jac_path = out / "jacobian.npy"
+    if resume and jac_path.exists():
+        J = load_npy(jac_path)
+    else:
+        J = exact_jacobian(recipe, th0_np, dtype=dt, chunk_size=chunk_size,
+                           memory_budget_gb=memory_budget_gb, checkpoint_dir=out / "checkpoint",
+                           resume=resume, progress=progress, stop_after=stop_after)
+        atomic_save_npy(jac_path, J)
+    t_jac = time.perf_counter()
+
+    dec, proj = decompose_and_save(J, th0_np, thT_np, out, thresholds, dt)
+    t_svd = time.perf_counter()
+
+    summary = region_summary(dec)
+    summary["metrics"] = metrics
+    summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
+    summary["wall_time_s"] = {"train_check": t_train - t_start, "jacobian": t_jac - t_train,
+                              "svd": t_svd - t_jac, "total": t_svd - t_start}
+    summary["warnings"] = _warnings(dec, metrics, dt)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "captions.json", CAPTIONS)
+    from trainmap.report.html import write_report
+
+    write_report(out)
+    return summary
+
+
+def read_json_roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, numpy scalars plain numbers)."""
+    import json
+
+    from trainmap._io import to_jsonable
+
+    return json.loads(json.dumps(to_jsonable(obj)))
+
+
+def _warnings(dec: JacobianSVD, metrics: dict, dtype: np.dtype) -> list[str]:
+    out = []
+    if dtype == np.float32:
+        eps = 1e-6 * max(float(dec.S[0]), 1.0)
+        near = np.abs(np.abs(dec.S - 1.0) - (dec.thresholds.high - 1.0)) < 10 * eps
+        if near.any():
+            out.append(f"{int(near.sum())} singular values lie within float32 resolution of a region "
+                       "boundary; rerun with --dtype float64 if their labels matter")
+    for name, m in metrics.items():
+        if m["after"]["loss"] > m["before"]["loss"]:
+            out.append(f"{name} loss increased during training ({m['before']['loss']:.3g} -> "
+                       f"{m['after']['loss']:.3g}); check the learning rate")
+    return out

@@ -1,0 +1,304 @@
+"""The exact training Jacobian J = ∂θ_T/∂θ₀ by forward mode, in resumable chunks of columns.
+
+Column j of J is the Jacobian-vector product of the whole training run with the basis vector
+e_j. Columns are computed in chunks of K at a time (a compiled ``vmap`` of ``jvp`` through the
+``lax.scan`` training loop; the primal trajectory is computed once per chunk and shared by its K
+tangents). Each finished chunk is written to disk with a checksum, so an interrupted computation
+resumes where it stopped and — since every chunk is recomputed by the same compiled program —
+yields the bit-identical matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap.recipe import Recipe, TrainingDivergedError
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is corrupt or belongs to a different computation."""
+
+
+# ----------------------------------------------------------------------------- dtypes
+def precision_context(dtype: Any) -> Any:
+    """A context enabling 64-bit JAX when ``dtype`` is float64 (a no-op for float32)."""
+    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else nullcontext()
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+# ----------------------------------------------------------------------------- kernels
+def jvp_columns_fn(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
+    """A jitted ``f(theta0, start) -> (chunk, P)`` whose row r is column ``start + r`` of J.
+
+    Rows past P (the padded tail of the last chunk) are zero: their tangent is the zero vector.
+    ``start`` is a traced scalar, so every chunk reuses one compiled program.
+    """
+
+    def columns(theta0: jax.Array, start: jax.Array) -> jax.Array:
+        idx = start + jnp.arange(chunk)
+        tangents = jax.nn.one_hot(idx, num_params, dtype=theta0.dtype)  # (chunk, P); zero rows past P
+
+        def one(t: jax.Array) -> jax.Array:
+            return jax.jvp(train, (theta0,), (t,))[1]
+
+        return jax.vmap(one)(tangents)
+
+    return jax.jit(columns)
+
+
+def bytes_per_chunk(train: Callable, theta0: jax.Array, chunk: int) -> int:
+    """XLA's estimate of the memory (bytes) of one compiled chunk of ``chunk`` tangents."""
+    fn = jvp_columns_fn(train, theta0.shape[0], chunk)
+    compiled = fn.lower(theta0, jnp.asarray(0, jnp.int32)).compile()
+    mem = compiled.memory_analysis()
+    if mem is None:  # some backends do not report; fall back to a crude estimate
+        return int(8 * chunk * theta0.shape[0] * theta0.dtype.itemsize)
+    return int(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes)
+
+
+def choose_chunk_size(
+    train: Callable, theta0: jax.Array, memory_budget_bytes: float, max_chunk: int = 128
+) -> int:
+    """The largest chunk (≤ ``max_chunk`` and ≤ P) whose compiled working set fits the budget.
+
+    The working set is measured by XLA at two small chunk sizes and extrapolated linearly
+    (memory is affine in the number of tangents).
+    """
+    P = int(theta0.shape[0])
+    k1, k2 = 8, 32
+    m1, m2 = bytes_per_chunk(train, theta0, k1), bytes_per_chunk(train, theta0, k2)
+    per_tangent = max((m2 - m1) / (k2 - k1), 1.0)
+    fixed = max(m1 - per_tangent * k1, 0.0)
+    fit = int((memory_budget_bytes - fixed) // per_tangent)
+    if fit < 1:
+        raise MemoryError(
+            f"one tangent needs about {per_tangent / 2**20:.1f} MiB beyond a fixed "
+            f"{fixed / 2**20:.1f} MiB, over the memory budget of {memory_budget_bytes / 2**20:.0f} MiB; "
+            "raise the budget (--memory-gb) or train on smaller batches"
+        )
+    return int(max(1, min(fit, max_chunk, P)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def fingerprint(recipe: Recipe, theta0: np.ndarray, dtype: np.dtype, chunk: int) -> str:
+    """A hash of everything that determines the chunks: θ₀, data order, data, config, dtype, K."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(theta0).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(recipe.batches)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(recipe.x)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(recipe.y)).tobytes())
+    h.update(repr(sorted(recipe.config.items())).encode())
+    h.update(f"{dtype.str}|{chunk}|{recipe.num_params}".encode())
+    return h.hexdigest()
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+@dataclass
+class ChunkStore:
+    """Finished chunks of J's columns on disk: ``chunk_00000.npy`` ... plus ``manifest.json``.
+
+    Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J.
+    """
+
+    folder: Path
+    num_params: int
+    chunk: int
+    dtype: np.dtype
+    fp: str
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.num_params // self.chunk)
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"chunk_{i:05d}.npy"
+
+    def _manifest(self) -> dict:
+        return read_json(self.folder / MANIFEST)
+
+    def open(self, resume: bool) -> None:
+        """Create the folder, or check that an existing one belongs to this computation."""
+        man_path = self.folder / MANIFEST
+        if man_path.exists():
+            man = self._manifest()
+            if not resume:
+                raise CheckpointError(
+                    f"{self.folder} already holds {len(man.get('checksums', {}))} finished chunks "
+                    "of a Jacobian; pass resume=True (CLI: --resume) to continue it, or remove the "
+                    "folder (CLI: --overwrite) to start over"
+                )
+            if man.get("fingerprint") != self.fp:
+                raise CheckpointError(
+                    f"the checkpoint in {self.folder} belongs to a different run (other recipe, θ₀, "
+                    "dtype or chunk size); use another output folder or --overwrite"
+                )
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(man_path, dict(fingerprint=self.fp, num_params=self.num_params,
+                                         chunk=self.chunk, dtype=self.dtype.name, checksums={}))
+
+    def done(self) -> dict[int, str]:
+        return {int(k): v for k, v in self._manifest().get("checksums", {}).items()}
+
+    def save(self, i: int, block: np.ndarray) -> None:
+        atomic_save_npy(self.path(i), block)
+        man = self._manifest()
+        man["checksums"][str(i)] = _sha(block)
+        atomic_write_json(self.folder / MANIFEST, man)
+
+    def load(self, i: int, checksum: str) -> np.ndarray:
+        p = self.path(i)
+        rows = min(self.chunk, self.num_params - i * self.chunk)
+        hint = f"delete {p.name} (the other chunks are kept) and resume to recompute it"
+        if not p.exists():
+            raise CheckpointError(f"chunk file {p} is listed as finished but missing; {hint}")
+        try:
+            block = load_npy(p)
+        except ValueError as exc:
+            raise CheckpointError(f"{exc}; {hint}") from exc
+        if block.shape != (rows, self.num_params) or block.dtype != self.dtype:
+            raise CheckpointError(
+                f"chunk file {p} has shape {block.shape} and dtype {block.dtype}, expected "
+                f"{(rows, self.num_params)} {self.dtype}; it is corrupt: {hint}"
+            )
+        if _sha(block) != checksum:
+            raise CheckpointError(f"chunk file {p} fails its checksum; it is corrupt: {hint}")
+        return block
+
+    def forget(self, i: int) -> None:
+        """Drop chunk i from the manifest (used when its file was deleted by the user)."""
+        man = self._manifest()
+        man["checksums"].pop(str(i), None)
+        atomic_write_json(self.folder / MANIFEST, man)
+
+
+# ----------------------------------------------------------------------------- engine
+def exact_jacobian(
+    recipe: Recipe,
+    theta0: Any,
+    *,
+    dtype: Any = np.float32,
+    chunk_size: int | None = None,
+    memory_budget_gb: float = 2.0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    keep_checkpoint: bool = False,
+) -> np.ndarray:
+    """The exact training Jacobian J[i, j] = ∂θ_T[i] / ∂θ₀[j].
+
+    Args:
+        recipe: the training run.
+        theta0: (P,) initial flat parameters.
+        dtype: float32 (default) or float64; float64 enables JAX's x64 mode for this call only.
+        chunk_size: tangents per compiled chunk (K); default: the largest that fits
+            ``memory_budget_gb`` (XLA's memory analysis), at most 128.
+        memory_budget_gb: working-set budget for one chunk, in GiB.
+        checkpoint_dir: folder for finished chunks; None keeps everything in memory.
+        resume: continue the chunks already in ``checkpoint_dir`` (must be the same computation).
+        progress: show a progress bar over chunks.
+        stop_after: compute at most this many new chunks, then raise ``KeyboardInterrupt`` as a
+            user's Ctrl-C would (used to test resumption).
+        keep_checkpoint: keep the chunk files after success (default: delete them).
+
+    Returns:
+        J: (P, P) NumPy array of ``dtype``.
+
+    Raises:
+        TrainingDivergedError: a chunk contains NaN/inf (training is not differentiable there).
+        CheckpointError: a corrupt chunk or a checkpoint of another run; finished chunks stay.
+    """
+    dt = _check_dtype(dtype)
+    with precision_context(dt):
+        theta0 = recipe._check_theta(jnp.asarray(theta0, dtype=dt))
+        P = recipe.num_params
+        K = int(chunk_size) if chunk_size else choose_chunk_size(
+            recipe.train, theta0, memory_budget_gb * 2**30)
+        if K < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        K = min(K, P)
+        store = None
+        if checkpoint_dir is not None:
+            store = ChunkStore(Path(checkpoint_dir), P, K, dt,
+                               fingerprint(recipe, np.asarray(theta0), dt, K))
+            store.open(resume)
+            if resume:  # a resumed run keeps the chunk size it started with
+                K = store.chunk
+        n_chunks = -(-P // K)
+        J = np.empty((P, P), dtype=dt)
+        done = store.done() if store is not None else {}
+        for i, checksum in sorted(done.items()):
+            block = store.load(i, checksum)  # type: ignore[union-attr]
+            J[:, i * K: i * K + block.shape[0]] = block.T
+        todo = [i for i in range(n_chunks) if i not in done]
+        fn = jvp_columns_fn(recipe.train, P, K) if todo else None
+        computed = 0
+        with _progress(progress, len(todo), f"Jacobian columns ({P} params, {K}/chunk)") as advance:
+            for i in todo:
+                if stop_after is not None and computed >= stop_after:
+                    raise KeyboardInterrupt(f"stopped after {computed} chunks (stop_after)")
+                rows = min(K, P - i * K)
+                block = np.asarray(fn(theta0, jnp.asarray(i * K, jnp.int32)))[:rows]  # type: ignore[misc]
+                if not np.all(np.isfinite(block)):
+                    raise TrainingDivergedError(
+                        f"columns {i * K}..{i * K + rows - 1} of J contain NaN/inf: training is not "
+                        "differentiable along those directions (diverged or overflowed). Lower the "
+                        "learning rate or use float64. With Adam-like optimizers, parameters whose "
+                        "gradient is exactly 0 make sqrt(v) non-differentiable: pass eps_root > 0, "
+                        "e.g. optax.adam(lr, eps_root=1e-16). Finished chunks are kept."
+                    )
+                if store is not None:
+                    store.save(i, block)
+                J[:, i * K: i * K + rows] = block.T
+                computed += 1
+                advance()
+        if store is not None and not keep_checkpoint:
+            shutil.rmtree(store.folder, ignore_errors=True)
+        return J
+
+
+class _progress:
+    """A rich progress bar over chunks (or nothing), used as ``with _progress(...) as advance``."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.enabled, self.total, self.description = enabled and total > 0, total, description
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        self._bar.start()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()

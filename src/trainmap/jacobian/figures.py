@@ -1,0 +1,84 @@
+"""Figures of the training-Jacobian spectrum (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from trainmap._io import atomic_savefig  # noqa: E402
+from trainmap.jacobian.regions import BULK, CHAOTIC, STABLE, Thresholds  # noqa: E402
+
+COLORS = {CHAOTIC: "#d62728", BULK: "#2ca02c", STABLE: "#1f77b4"}
+NAMES = {CHAOTIC: "chaotic", BULK: "bulk", STABLE: "stable"}
+
+
+def _shade_index_regions(ax: plt.Axes, codes: np.ndarray) -> None:
+    for code in (CHAOTIC, BULK, STABLE):
+        idx = np.flatnonzero(codes == code)
+        if idx.size:
+            ax.axvspan(idx.min() - 0.5, idx.max() + 0.5, color=COLORS[code], alpha=0.12,
+                       label=f"{NAMES[code]} ({idx.size})")
+
+
+def spectrum_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, path: Path, title: str = "") -> Path:
+    """σ_i against index on a log axis; index ranges of the regions shaded."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _shade_index_regions(ax, codes)
+    ax.semilogy(np.arange(S.size), np.maximum(S, np.finfo(float).tiny), color="k", lw=1.2)
+    ax.axhline(th.high, color="gray", ls="--", lw=0.8)
+    ax.axhline(th.low, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("index i (descending σ)")
+    ax.set_ylabel("singular value σ_i of J")
+    ax.set_title(title or "Training-Jacobian spectrum")
+    ax.legend(loc="upper right", fontsize=8)
+    return atomic_savefig(fig, path)
+
+
+def distance_from_one_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, path: Path) -> Path:
+    """|σ_i − 1| against index on a log axis, coloured by region."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    d = np.maximum(np.abs(S - 1.0), 1e-12)
+    for code in (CHAOTIC, BULK, STABLE):
+        m = codes == code
+        ax.scatter(np.flatnonzero(m), d[m], s=2, color=COLORS[code], label=f"{NAMES[code]} ({m.sum()})")
+    ax.set_yscale("log")
+    ax.axhline(max(th.high - 1, 1 - th.low), color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("index i (descending σ)")
+    ax.set_ylabel("|σ_i − 1|")
+    ax.set_title("Distance of singular values from 1")
+    ax.legend(loc="lower left", fontsize=8, markerscale=4)
+    return atomic_savefig(fig, path)
+
+
+def cosine_figure(cos_uv: np.ndarray, codes: np.ndarray, path: Path) -> Path:
+    """cos(u_i, v_i) against index, coloured by region."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for code in (CHAOTIC, BULK, STABLE):
+        m = codes == code
+        ax.scatter(np.flatnonzero(m), cos_uv[m], s=2, color=COLORS[code], label=NAMES[code])
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("index i (descending σ)")
+    ax.set_ylabel("cos(u_i, v_i)")
+    ax.set_title("Alignment of left and right singular vectors")
+    ax.legend(loc="lower left", fontsize=8, markerscale=4)
+    return atomic_savefig(fig, path)
+
+
+def change_projection_figure(proj: np.ndarray, codes: np.ndarray, path: Path) -> Path:
+    """|v_iᵀ(θ_T − θ₀)| against index on a log axis, coloured by region."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    a = np.maximum(np.abs(proj), 1e-12)
+    for code in (CHAOTIC, BULK, STABLE):
+        m = codes == code
+        ax.scatter(np.flatnonzero(m), a[m], s=2, color=COLORS[code], label=NAMES[code])
+    ax.set_yscale("log")
+    ax.set_xlabel("index i (descending σ)")
+    ax.set_ylabel("|v_iᵀ(θ_T − θ₀)|")
+    ax.set_title("Parameter change in the right-singular basis")
+    ax.legend(loc="lower left", fontsize=8, markerscale=4)
+    return atomic_savefig(fig, path)

@@ -1,0 +1,127 @@
+"""SVD of the training Jacobian and its chaotic / bulk / stable regions.
+
+Regions (Scherlis & Belrose 2024), with the default thresholds:
+
+* **chaotic**: σ > 1.1 — perturbations along v_i grow during training;
+* **bulk**: 0.9 ≤ σ ≤ 1.1 (|σ − 1| ≤ 0.1) — training leaves them (nearly) unchanged,
+  and u_i ≈ v_i;
+* **stable**: σ < 0.9 — training shrinks them.
+
+Precision: in float32, singular values carry absolute errors of about 1e-7·σ_max (≈1e-6 for the
+reference run), so thresholds on |σ − 1| below ~1e-5 need ``float64``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+REGIONS = ("chaotic", "bulk", "stable")
+STABLE, BULK, CHAOTIC = 0, 1, 2
+_CODE = {"stable": STABLE, "bulk": BULK, "chaotic": CHAOTIC}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Region boundaries on σ: stable σ < ``low``, bulk ``low`` ≤ σ ≤ ``high``, chaotic σ > ``high``."""
+
+    low: float = 0.9
+    high: float = 1.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= 1 <= self.high:
+            raise ValueError(f"need 0 <= low <= 1 <= high, got low={self.low}, high={self.high}")
+
+    @classmethod
+    def symmetric(cls, tol: float) -> "Thresholds":
+        """Bulk = |σ − 1| ≤ tol."""
+        return cls(1.0 - tol, 1.0 + tol)
+
+
+def classify(s: np.ndarray, thresholds: Thresholds = Thresholds()) -> np.ndarray:
+    """Region code per singular value: 0 stable, 1 bulk, 2 chaotic. s: (P,) -> (P,) int8."""
+    s = np.asarray(s)
+    codes = np.full(s.shape, BULK, dtype=np.int8)
+    codes[s < thresholds.low] = STABLE
+    codes[s > thresholds.high] = CHAOTIC
+    return codes
+
+
+def region_mask(codes: np.ndarray, region: str) -> np.ndarray:
+    """Boolean mask of the indices in ``region`` ('chaotic', 'bulk' or 'stable')."""
+    if region not in _CODE:
+        raise ValueError(f"unknown region {region!r}; use one of {REGIONS}")
+    return np.asarray(codes) == _CODE[region]
+
+
+@dataclass
+class JacobianSVD:
+    """J = U diag(S) Vᵀ with region labels.
+
+    Attributes:
+        U: (P, P) left singular vectors, column i is u_i (directions in θ_T space).
+        S: (P,) singular values, descending.
+        Vt: (P, P) right singular vectors as rows, row i is v_i (directions in θ₀ space).
+        codes: (P,) region code per index (see :func:`classify`).
+        cos_uv: (P,) cos(u_i, v_i) = u_i · v_i.
+        thresholds: the region boundaries used.
+    """
+
+    U: np.ndarray
+    S: np.ndarray
+    Vt: np.ndarray
+    codes: np.ndarray
+    cos_uv: np.ndarray
+    thresholds: Thresholds
+
+    def basis(self, region: str) -> np.ndarray:
+        """(P, k) orthonormal basis (right singular vectors) of a region's subspace."""
+        return self.Vt[region_mask(self.codes, region)].T
+
+
+def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None) -> JacobianSVD:
+    """Full SVD of J with regions and cos(u_i, v_i).
+
+    Args:
+        J: (P, P) training Jacobian.
+        thresholds: region boundaries.
+        dtype: precision of the SVD (default: J's dtype; float64 for |σ − 1| below ~1e-5).
+    """
+    J = np.asarray(J)
+    if J.ndim != 2 or J.shape[0] != J.shape[1]:
+        raise ValueError(f"J must be square (P, P), got {J.shape}")
+    if not np.all(np.isfinite(J)):
+        raise ValueError("J contains NaN/inf; recompute it (the training run may have diverged)")
+    A = J.astype(dtype or J.dtype, copy=False)
+    try:
+        U, S, Vt = scipy.linalg.svd(A, lapack_driver="gesdd", check_finite=False)
+    except np.linalg.LinAlgError:  # gesdd can fail to converge; gesvd is slower but robust
+        U, S, Vt = scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
+    cos_uv = np.einsum("ij,ji->i", Vt, U)
+    return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds)
+
+
+def region_summary(dec: JacobianSVD) -> dict[str, Any]:
+    """Counts, fractions, σ ranges and median |cos(u_i, v_i)| per region (JSON-able)."""
+    P = dec.S.size
+    out: dict[str, Any] = {"num_params": P, "sigma_max": float(dec.S[0]), "sigma_min": float(dec.S[-1]),
+                           "thresholds": {"stable_below": dec.thresholds.low,
+                                          "chaotic_above": dec.thresholds.high}}
+    for name in REGIONS:
+        m = region_mask(dec.codes, name)
+        n = int(m.sum())
+        out[name] = {
+            "count": n,
+            "fraction": n / P,
+            "sigma_range": [float(dec.S[m].min()), float(dec.S[m].max())] if n else None,
+            "median_abs_cos_uv": float(np.median(np.abs(dec.cos_uv[m]))) if n else None,
+        }
+    return out
+
+
+def project_change(Vt: np.ndarray, theta0: np.ndarray, thetaT: np.ndarray) -> np.ndarray:
+    """Coordinates of θ_T − θ₀ in the right-singular basis: (P,) array c_i = v_iᵀ(θ_T − θ₀)."""
+    return np.asarray(Vt) @ (np.asarray(thetaT, dtype=Vt.dtype) - np.asarray(theta0, dtype=Vt.dtype))

@@ -1,0 +1,63 @@
+"""`trainmap jacobian` end to end on a small configuration, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from trainmap.cli import app
+
+runner = CliRunner()
+SMALL = ["jacobian", "--hidden", "4", "--epochs", "1", "--batch-size", "200", "--chunk-size", "64"]
+
+
+def test_cli_writes_a_complete_results_folder(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, [*SMALL, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("config.json", "summary.json", "jacobian.npy", "singular_values.npy", "svd_U.npy",
+                 "svd_Vt.npy", "regions.npy", "cos_uv.npy", "delta_proj.npy", "spectrum.png",
+                 "sigma_minus_one.png", "cos_uv.png", "report.html"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    P = summary["num_params"]
+    assert P == 64 * 4 + 4 + 4 * 10 + 10
+    assert sum(summary[r]["count"] for r in ("chaotic", "bulk", "stable")) == P
+    for key in ("sigma_max", "sigma_min", "metrics", "wall_time_s"):
+        assert key in summary
+    assert set(summary["metrics"]) == {"train", "test"}
+    S = np.load(out / "singular_values.npy")
+    assert summary["sigma_max"] == float(S[0])
+    J = np.load(out / "jacobian.npy")
+    np.testing.assert_allclose(np.linalg.svd(J, compute_uv=False), S, rtol=1e-4, atol=1e-5)
+    assert not (out / "checkpoint").exists()
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+    assert not list(out.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_cli_refuses_to_overwrite_without_flag_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, [*SMALL, "--out", str(out)]).exit_code == 0
+    again = runner.invoke(app, [*SMALL, "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, [*SMALL, "--out", str(out), "--overwrite"]).exit_code == 0
+
+
+def test_cli_resume_with_other_options_is_refused(tmp_path):
+    from trainmap.jacobian.analysis import analyze
+    from trainmap.presets import digits_mlp
+    import pytest
+
+    out = tmp_path / "run"
+    s = digits_mlp(hidden=4, epochs=1, batch_size=200)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(s.recipe, s.theta0, out, chunk_size=64, progress=False, stop_after=1)
+    other = runner.invoke(app, [*SMALL[:-2], "--chunk-size", "32", "--out", str(out), "--resume"])
+    assert other.exit_code == 2 and "differs" in other.output
+    done = runner.invoke(app, [*SMALL, "--out", str(out), "--resume"])
+    assert done.exit_code == 0, done.output
+    fresh = tmp_path / "fresh"
+    assert runner.invoke(app, [*SMALL, "--out", str(fresh)]).exit_code == 0
+    assert np.load(out / "jacobian.npy").tobytes() == np.load(fresh / "jacobian.npy").tobytes()

@@ -1,0 +1,65 @@
+"""SVD decomposition and region labels against dense constructions with known spectra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainmap.jacobian.regions import (BULK, CHAOTIC, STABLE, Thresholds, classify, project_change,
+                                       region_summary, svd)
+
+
+def _orth(rng, n):
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    return q
+
+
+def test_classify_uses_documented_boundaries():
+    s = np.array([5.0, 1.1000001, 1.1, 1.0, 0.9, 0.8999999, 0.1])
+    np.testing.assert_array_equal(classify(s), [CHAOTIC, CHAOTIC, BULK, BULK, BULK, STABLE, STABLE])
+    np.testing.assert_array_equal(classify(s, Thresholds.symmetric(0.5)), [CHAOTIC, BULK, BULK, BULK,
+                                                                           BULK, BULK, STABLE])
+    with pytest.raises(ValueError):
+        Thresholds(1.2, 1.5)
+
+
+def test_svd_of_known_spectrum_and_regions():
+    rng = np.random.default_rng(0)
+    n = 40
+    s = np.concatenate([np.geomspace(15, 1.2, 8), 1 + rng.uniform(-0.05, 0.05, 24), np.geomspace(0.8, 1e-3, 8)])
+    U, V = _orth(rng, n), _orth(rng, n)
+    J = (U * s) @ V.T
+    dec = svd(J, dtype=np.float64)
+    np.testing.assert_allclose(dec.S, np.sort(s)[::-1], rtol=1e-10)
+    np.testing.assert_allclose((dec.U * dec.S) @ dec.Vt, J, atol=1e-10)
+    summ = region_summary(dec)
+    assert (summ["chaotic"]["count"], summ["bulk"]["count"], summ["stable"]["count"]) == (8, 24, 8)
+    assert summ["sigma_max"] == pytest.approx(15) and summ["sigma_min"] == pytest.approx(1e-3)
+    assert sum(summ[r]["fraction"] for r in ("chaotic", "bulk", "stable")) == pytest.approx(1)
+
+
+def test_cos_uv_is_one_for_symmetric_positive_definite_and_independent_of_sign_flips():
+    rng = np.random.default_rng(1)
+    Q = _orth(rng, 30)
+    J = (Q * np.geomspace(3, 0.3, 30)) @ Q.T
+    dec = svd(J, dtype=np.float64)
+    np.testing.assert_allclose(dec.cos_uv, 1.0, atol=1e-8)
+    # a rotation-like J has u_i orthogonal-ish to v_i: cos is then not 1
+    R = np.roll(np.eye(30), 1, axis=0)
+    assert np.abs(svd(R, dtype=np.float64).cos_uv).max() < 1e-8
+
+
+def test_project_change_coordinates_reconstruct_the_change():
+    rng = np.random.default_rng(2)
+    J = rng.normal(size=(20, 20))
+    dec = svd(J, dtype=np.float64)
+    a, b = rng.normal(size=20), rng.normal(size=20)
+    c = project_change(dec.Vt, a, b)
+    np.testing.assert_allclose(dec.Vt.T @ c, b - a, atol=1e-12)
+
+
+def test_svd_rejects_bad_matrices():
+    with pytest.raises(ValueError, match="square"):
+        svd(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        svd(np.full((3, 3), np.nan))
