@@ -1,8 +1,220 @@
-"""``trainmap koopman ...`` commands."""
+"""``trainmap koopman ...`` commands.
+
+Every command writes a results folder (config.json, summary.json, .npy arrays, PNG figures,
+captions.json, report.html); lens modules are imported inside the commands so ``--help`` is fast.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 app = typer.Typer(help="Koopman lens: DMD spectra of training dynamics and conjugacy tests.",
                   no_args_is_help=True)
+
+OUT_HELP = "results folder (default results/koopman-<command>)"
+
+
+def _out(out: Optional[Path], name: str) -> Path:
+    return out if out is not None else Path("results") / f"koopman-{name}"
+
+
+def _layers(layers: Optional[str]) -> Optional[List[str]]:
+    return [s.strip() for s in layers.split(",") if s.strip()] if layers else None
+
+
+def _echo_done(out: Path, lines: List[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"wrote {out / 'report.html'}")
+
+
+@app.command("spectrum")
+def spectrum_command(
+    traj: Path = typer.Argument(..., help="trajectory store (.zarr) written by a trainmap recorder"),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    layers: Optional[str] = typer.Option(None, help="comma-separated layer names to keep (default: all)"),
+    pca: Optional[int] = typer.Option(None, help="project on this many principal components"),
+    projection: Optional[int] = typer.Option(None, help="Gaussian random projection dimension"),
+    delays: int = typer.Option(0, help="number of time delays (Hankel embedding)"),
+    rank: Optional[int] = typer.Option(None, help="DMD rank = number of eigenvalues (default: numerical rank)"),
+    seed: int = typer.Option(0, help="seed of the random projection"),
+) -> None:
+    """DMD spectrum of a recorded trajectory: pooled over its runs and per run."""
+    import numpy as np
+
+    from trainmap.koopman import figures
+    from trainmap.koopman.analysis import ObservableConfig, spectrum
+    from trainmap.koopman.results import ragged, write_results
+    from trainmap.record.store import Trajectory
+
+    out = _out(out, "spectrum")
+    t = Trajectory.load(traj)
+    cfg = ObservableConfig(_layers(layers), pca, projection, delays, rank, seed)
+    per_run = t.shape[1] - delays - 1 >= (rank or 1)
+    res = spectrum(t, cfg, per_run=per_run)
+    mod = np.abs(res.pooled)
+    summary = {"runs": t.shape[0], "steps": t.shape[1], "features": t.shape[2], "n_eigenvalues": len(res.pooled),
+               "max_modulus": float(mod.max()), "n_outside_unit_circle": int(np.sum(mod > 1 + 1e-9)),
+               "one_step_residual": res.score, "warnings": []}
+    figs = {"spectrum.png": figures.eigenvalue_figure({"pooled": res.pooled, **({"per run": res.per_run} if res.per_run else {})},
+                                                      f"DMD eigenvalues of {traj.name}")}
+    arrays = {"eigenvalues": res.pooled, "modes": res.dmd.modes_}
+    if res.per_run:
+        arrays["per_run_eigenvalues"] = ragged(res.per_run)
+    config = {"trajectory": str(traj), "layers": cfg.layers, "pca": pca, "projection": projection,
+              "delays": delays, "rank": rank, "seed": seed}
+    write_results(out, config, summary, arrays, figs,
+                  {"spectrum.png": "Eigenvalues near 1 are slow modes; outside the unit circle means growth."})
+    _echo_done(out, [f"{len(res.pooled)} eigenvalues, max |λ| = {mod.max():.6g}"])
+
+
+@app.command("compare")
+def compare_command(
+    traj_a: Path = typer.Argument(..., help="trajectory store of condition A"),
+    traj_b: Path = typer.Argument(..., help="trajectory store of condition B"),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    layers: Optional[str] = typer.Option(None, help="comma-separated layer names to keep (default: all)"),
+    pca: Optional[int] = typer.Option(None, help="principal components fitted on the runs of both"),
+    projection: Optional[int] = typer.Option(None, help="Gaussian random projection dimension"),
+    delays: int = typer.Option(0, help="number of time delays"),
+    rank: Optional[int] = typer.Option(None, help="DMD rank = number of eigenvalues"),
+    n_permutations: int = typer.Option(9999, help="random relabellings when exact enumeration is too big"),
+    alpha: float = typer.Option(0.05, help="significance level of the verdict"),
+    seed: int = typer.Option(0, help="seed of the permutations and the random projection"),
+) -> None:
+    """Compare the dynamics of two recorded trajectories: W1 between spectra and the permutation test."""
+    from trainmap.koopman import figures
+    from trainmap.koopman.analysis import ObservableConfig, compare
+    from trainmap.koopman.results import ragged, write_results
+    from trainmap.record.store import Trajectory
+
+    out = _out(out, "compare")
+    ta, tb = Trajectory.load(traj_a), Trajectory.load(traj_b)
+    cfg = ObservableConfig(_layers(layers), pca, projection, delays, rank, seed)
+    names = (traj_a.stem or "A", traj_b.stem or "B")
+    if names[0] == names[1]:
+        names = (names[0] + " (A)", names[1] + " (B)")
+    res = compare(ta, tb, cfg, n_permutations=n_permutations, alpha=alpha, seed=seed, names=names)
+    summary: dict = {"runs_a": ta.shape[0], "runs_b": tb.shape[0], "W1_pooled": res.pooled_distance,
+                     "warnings": []}
+    figs = {"spectra.png": figures.eigenvalue_figure({f"{names[0]} (pooled)": res.a.pooled,
+                                                      f"{names[1]} (pooled)": res.b.pooled}, "pooled DMD eigenvalues"),
+            "per_run_spectra.png": figures.eigenvalue_figure({names[0]: res.a.per_run, names[1]: res.b.per_run},
+                                                             "per-run DMD eigenvalues"),
+            "distance_matrix.png": figures.distance_matrix_figure(res.distances, res.labels, "W1 between runs")}
+    captions = {"spectra.png": "Overlapping eigenvalues suggest conjugate dynamics.",
+                "per_run_spectra.png": "Seed-to-seed spread: the scale the permutation test compares against.",
+                "distance_matrix.png": "Block structure means the conditions are distinguishable."}
+    if res.test is not None:
+        summary["test"] = res.test.summary()
+        figs["null.png"] = figures.null_figure(res.test.null, res.test.statistic, "permutation null",
+                                               "between - within W1")
+        captions["null.png"] = "Observed statistic against the null of exchangeable condition labels."
+        line = res.test.verdict
+    else:
+        summary["warnings"].append("each trajectory needs >= 2 runs for the permutation test; only W1 is reported")
+        line = f"W1 between pooled spectra = {res.pooled_distance:.4g} (no test: fewer than 2 runs per side)"
+    config = {"trajectory_a": str(traj_a), "trajectory_b": str(traj_b), "layers": cfg.layers, "pca": pca,
+              "projection": projection, "delays": delays, "rank": rank, "n_permutations": n_permutations,
+              "alpha": alpha, "seed": seed}
+    arrays = {"eigenvalues_a": res.a.pooled, "eigenvalues_b": res.b.pooled, "distance_matrix": res.distances,
+              "per_run_eigenvalues_a": ragged(res.a.per_run), "per_run_eigenvalues_b": ragged(res.b.per_run)}
+    write_results(out, config, summary, arrays, figs, captions)
+    _echo_done(out, [f"W1(pooled) = {res.pooled_distance:.4g}", line])
+
+
+@app.command("omd-ogd")
+def omd_ogd_command(
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    replicates: int = typer.Option(10, help="independent draws of initial conditions per method (test)"),
+    grid: int = typer.Option(5, help="grid size (grid x grid initial conditions)"),
+    eta: float = typer.Option(1e-2, help="step size"),
+    steps: int = typer.Option(100, help="iterations"),
+    delays: int = typer.Option(4, help="time delays"),
+    rank: int = typer.Option(10, help="eigenvalues kept"),
+    n_permutations: int = typer.Option(9999, help="permutations of the test"),
+    seed: int = typer.Option(0, help="seed of the replicate draws and permutations"),
+) -> None:
+    """Validation: OMD (log barrier) vs OGD (x = exp u) are conjugate, the bisection method is not."""
+    from trainmap.koopman.experiments import omd_ogd
+
+    out = _out(out, "omd-ogd")
+    s = omd_ogd.run(out, eta=eta, steps=steps, grid=grid, delays=delays, rank=rank, replicates=replicates,
+                    n_permutations=n_permutations, seed=seed)
+    _echo_done(out, [f"W(OMD,OGD) = {s['W_OMD_OGD']:.4g}, W(OGD,BM) = {s['W_OGD_BM']:.4g}, "
+                     f"ratio = {s['ratio_W_OGD_BM_over_W_OMD_OGD']:.3g}",
+                     f"OMD vs OGD: {s['test_OMD-OGD']['verdict']}", f"OGD vs BM: {s['test_OGD-BM']['verdict']}"])
+
+
+@app.command("mlp-width")
+def mlp_width_command(
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    widths: str = typer.Option("5,10,40", help="comma-separated hidden widths"),
+    seeds: int = typer.Option(10, help="number of seeds per width"),
+    steps: int = typer.Option(1000, help="SGD steps (logged every step)"),
+    lr: float = typer.Option(0.1, help="learning rate"),
+    batch_size: int = typer.Option(60, help="batch size"),
+    embed_dim: int = typer.Option(400, help="target embedded dimension 10 h (delays + 1)"),
+    rank: int = typer.Option(10, help="eigenvalues kept"),
+    mnist: Optional[Path] = typer.Option(None, help="local MNIST .npz (x_train, y_train[, x_test, y_test]); default digits"),
+    n_permutations: int = typer.Option(9999, help="permutations of the test"),
+) -> None:
+    """Narrow vs wide MLPs (input -> h -> 10, ReLU, no bias): conjugate early training or not?"""
+    from trainmap.koopman.experiments import mlp_width
+
+    out = _out(out, "mlp-width")
+    ws = tuple(int(w) for w in widths.split(","))
+    s = mlp_width.run(out, widths=ws, seeds=tuple(range(seeds)), steps=steps, lr=lr, batch_size=batch_size,
+                      embed_dim=embed_dim, rank=rank, mnist=str(mnist) if mnist else None,
+                      n_permutations=n_permutations)
+    _echo_done(out, [f"{k}: {v['verdict']}" for k, v in s.items() if isinstance(v, dict) and "verdict" in v])
+
+
+@app.command("cnn-early")
+def cnn_early_command(
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    seeds: int = typer.Option(6, help="number of seeds"),
+    steps: int = typer.Option(400, help="early-training steps recorded"),
+    window: int = typer.Option(50, help="recorded points per window"),
+    stride: int = typer.Option(25, help="points between window starts"),
+    lr: float = typer.Option(0.05, help="SGD learning rate"),
+    momentum: float = typer.Option(0.9, help="SGD momentum"),
+    n_permutations: int = typer.Option(9999, help="permutations of the tests"),
+) -> None:
+    """CNN early training: spectra over successive windows and a heat map of their distances."""
+    from trainmap.koopman.experiments import cnn_early
+
+    out = _out(out, "cnn-early")
+    s = cnn_early.run(out, seeds=tuple(range(seeds)), steps=steps, window=window, stride=stride, lr=lr,
+                      momentum=momentum, n_permutations=n_permutations)
+    _echo_done(out, [f"largest spectral change between windows {s['largest_change_between_windows']} "
+                     f"(steps {s['largest_change_steps']}), W1 = {s['largest_consecutive_W1']:.4g}"])
+
+
+@app.command("grokking")
+def grokking_command(
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    p: int = typer.Option(113, help="modulus of the spectra runs"),
+    seeds: int = typer.Option(5, help="seeds per condition"),
+    steps: int = typer.Option(100, help="early steps analysed"),
+    delays: int = typer.Option(32, help="time delays"),
+    long_p: int = typer.Option(59, help="modulus of the long runs (0 skips them)"),
+    long_steps: int = typer.Option(20000, help="maximum steps of the long runs"),
+    long_train_fraction: Optional[float] = typer.Option(None, help="train fraction of the long runs (default 0.3)"),
+    n_permutations: int = typer.Option(9999, help="permutations of the test"),
+) -> None:
+    """Transformers with and without grokking: early spectra, the test, and long runs."""
+    from trainmap.koopman.experiments import grokking
+
+    out = _out(out, "grokking")
+    s = grokking.run(out, p=p, seeds=tuple(range(seeds)), steps=steps, delays=delays, long_p=long_p or None,
+                     long_steps=long_steps, long_train_fraction=long_train_fraction, n_permutations=n_permutations)
+    lines = [f"grokking vs non-grokking: {s['test']['verdict']}"]
+    if "long_run" in s:
+        lr = s["long_run"]
+        lines.append(f"long runs (p={lr['p']}): grokking test acc {lr['grokking_final_test_accuracy']:.3f}, "
+                     f"non-grokking {lr['non-grokking_final_test_accuracy']:.3f}")
+    _echo_done(out, lines)

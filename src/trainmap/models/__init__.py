@@ -2,5 +2,6 @@
 
 from trainmap.models.cnn import lenet
 from trainmap.models.mlp import Model, mlp
+from trainmap.models.transformer import transformer
 
-__all__ = ["Model", "lenet", "mlp"]
+__all__ = ["Model", "lenet", "mlp", "transformer"]
