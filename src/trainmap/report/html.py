@@ -1,74 +1,300 @@
-"""A self-contained ``report.html`` for a results folder (inline images, no network needed)."""
+"""A self-contained ``report.html`` for a results folder (inline images, styles and scripts).
+
+The page reads only what a results folder holds (see DESIGN.md):
+
+- ``summary.json``: the headline numbers, shown as a table, and its ``warnings`` list;
+- ``config.json``: everything needed to rerun, shown in full;
+- ``*.png``: every figure, inlined as base64, with the one-line caption from ``captions.json``
+  (``{"figure.png": "what to look for"}``); figures named in captions.json come first, in its order;
+- interactive views (plotly, inlined; see :mod:`trainmap.report.interactive`);
+- ``*.npy``: a list of the arrays with their shapes and dtypes.
+
+Besides the lens's own warnings the report adds warnings it can see for itself: non-finite
+headline numbers (NaN is stored as ``null``), estimates flagged as not converged
+(``converged: false``), diverged training (``diverged: true``, or a ``*losses*.npy`` curve that ends
+non-finite or far above its start), and a note on float32 precision when ``config.json`` says
+``"dtype": "float32"``. Nothing in the page is fetched from the network.
+"""
 
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from trainmap._io import atomic_write_bytes, read_json
+import numpy as np
+
+from trainmap._io import atomic_write_bytes, load_npy, read_json
 
 CAPTIONS_FILE = "captions.json"
+REPORT_FILE = "report.html"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FLOAT32_NOTE = ("Computed in float32: differences below about 1e-6 relative to the largest value "
+                "(for example |σ−1| < 1e-5) are not resolved; rerun with float64 where they matter.")
+DIVERGENCE_FACTOR = 10.0  # a loss curve ending this many times above its start counts as diverged
 
 
 def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and obj:
         for k, v in obj.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
         out[prefix] = obj
 
 
-def _table(d: dict) -> str:
+def _fmt(v: Any) -> str:
+    """A compact human reading of one JSON value."""
+    if v is None:
+        return "NaN / not available"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v == 0 or (1e-3 <= abs(v) < 1e6):
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        items = [_fmt(x) for x in v[:8]]
+        more = f", … ({len(v)} items)" if len(v) > 8 else ""
+        return "[" + ", ".join(items) + more + "]"
+    return json.dumps(v)
+
+
+def _table(d: Any, css: str = "") -> str:
     flat: dict[str, Any] = {}
-    _flatten("", d, flat)
+    _flatten("", d if isinstance(d, dict) else {"value": d}, flat)
+    if not flat:
+        return "<p class=\"muted\">(empty)</p>"
+    bad = ' class="bad"'
     rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td{bad if v is None else ''}>{html.escape(_fmt(v))}</td></tr>"
         for k, v in flat.items()
     )
-    return f"<table>{rows}</table>"
+    return f'<table class="{css}">{rows}</table>'
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html``: config, summary table, warnings and every PNG figure.
+def _read(run_dir: Path, name: str, problems: list[str]) -> Any:
+    path = run_dir / name
+    if not path.exists():
+        return {}
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return {}
 
-    Captions come from ``captions.json`` (``{"figure.png": "what to look for"}``) when present;
-    warnings from the ``warnings`` list in summary.json.
+
+def derived_warnings(run_dir: Path, config: Any, summary: Any) -> tuple[list[str], list[str]]:
+    """Warnings the report can see in a results folder without knowing the lens.
 
     Returns:
-        The path of the report.
+        ``(warnings, notes)``: warnings are problems with the numbers; notes are precision caveats.
     """
+    warns: list[str] = []
+    notes: list[str] = []
+    if isinstance(summary, dict):
+        flat: dict[str, Any] = {}
+        _flatten("", {k: v for k, v in summary.items() if k != "warnings"}, flat)
+        nonfinite = [k for k, v in flat.items() if v is None]
+        if nonfinite:
+            shown = ", ".join(nonfinite[:6]) + (f" and {len(nonfinite) - 6} more" if len(nonfinite) > 6 else "")
+            warns.append(f"Non-finite (NaN or infinite) headline numbers: {shown}. The training may "
+                         "have diverged or an estimate failed.")
+        for k, v in flat.items():
+            leaf = k.rsplit(".", 1)[-1].lower()
+            if leaf in ("converged", "is_converged") and v is False:
+                warns.append(f"{k} is false: this estimate did not converge; treat its numbers as rough.")
+            if leaf == "diverged" and v is True:
+                warns.append(f"{k} is true: the training diverged.")
+    for path in sorted(run_dir.glob("*loss*.npy")):
+        try:
+            arr = load_npy(path, mmap=True)
+            if arr.dtype.kind != "f" or arr.size == 0 or arr.size > 10_000_000:
+                continue
+            curve = np.asarray(arr, dtype=float)
+            curve = curve.reshape(curve.shape[0], -1) if curve.ndim > 1 else curve[:, None]
+        except ValueError:
+            continue
+        if not np.isfinite(curve).all():
+            warns.append(f"{path.name} contains NaN or infinite losses: the training diverged.")
+        elif curve.shape[0] > 1:
+            start, end = np.abs(curve[0]), np.abs(curve[-1])
+            if np.any(end > DIVERGENCE_FACTOR * np.maximum(start, 1e-12)):
+                warns.append(f"{path.name} ends more than {DIVERGENCE_FACTOR:g}× above where it "
+                             "started: the training diverged; lower the learning rate.")
+    if isinstance(config, dict) and str(config.get("dtype", "")).lower() == "float32":
+        notes.append(FLOAT32_NOTE)
+    return warns, notes
+
+
+def _ordered_pngs(run_dir: Path, captions: dict) -> list[Path]:
+    pngs = {p.name: p for p in run_dir.glob("*.png") if not p.name.startswith(".")}
+    first = [pngs.pop(k) for k in captions if k in pngs]
+    return first + [pngs[k] for k in sorted(pngs)]
+
+
+def _figure_html(png: Path, caption: str, problems: list[str]) -> str:
+    data = png.read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        problems.append(f"{png.name} is not a valid PNG file and was left out.")
+        return ""
+    b64 = base64.b64encode(data).decode()
+    anchor = "fig-" + html.escape(png.stem)
+    return (f'<figure id="{anchor}"><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption><b>{html.escape(png.name)}</b>: {html.escape(caption)}</figcaption></figure>")
+
+
+def _arrays_html(run_dir: Path) -> str:
+    from trainmap.report.interactive import _npy_header
+
+    rows = []
+    for p in sorted(run_dir.glob("*.npy")):
+        head = _npy_header(p)
+        shape, dtype = (("?", "unreadable") if head is None
+                        else ("×".join(str(s) for s in head[0]) or "scalar", str(head[1])))
+        rows.append(f"<tr><th>{html.escape(p.name)}</th><td>{shape}</td><td>{dtype}</td>"
+                    f"<td>{p.stat().st_size / 1e6:.2f} MB</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2 id=\"arrays\">Arrays</h2><table><tr><th>file</th><th>shape</th><th>dtype</th>"
+            f"<th>size</th></tr>{''.join(rows)}</table>")
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe to place inside a <script> element."""
+    return json.dumps(obj, allow_nan=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def _clean(obj: Any) -> Any:
+    """Replace non-finite floats by None so the figure is valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _interactive_html(views: list) -> str:
+    if not views:
+        return ""
+    from trainmap.report.interactive import plotly_js
+
+    parts = [f"<script>{plotly_js()}</script>", '<h2 id="interactive">Interactive views</h2>']
+    for i, v in enumerate(views):
+        div = f"plotly-{i}"
+        fig = _clean(v.figure)
+        layout = {"template": "plotly_white", **fig.get("layout", {})}
+        parts.append(
+            f'<figure class="interactive"><div id="{div}" class="plotly-view"></div>'
+            f"<figcaption><b>{html.escape(v.name)}</b> (interactive): {html.escape(v.caption)}</figcaption></figure>"
+            f"<script>(function(){{var el=document.getElementById('{div}');"
+            f"try{{Plotly.newPlot(el,{_script_json(fig.get('data', []))},{_script_json(layout)},"
+            f"{{responsive:true,displaylogo:false}});}}catch(e){{el.textContent='This view could not be drawn: '+e;"
+            f"el.className+=' failed';console.error('trainmap report: view {html.escape(v.name)} failed: '+e);}}}})();</script>"
+        )
+    return "".join(parts)
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 1.5em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+nav { font-size: 0.9em; color: #555; } nav a { margin-right: 1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; font-weight: 600; } td.bad { color: #b00020; font-weight: 600; }
+table.headline td { font-variant-numeric: tabular-nums; }
+figure { margin: 1.5em 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.92em; color: #333; margin-top: 0.3em; }
+.plotly-view { width: 100%; min-height: 400px; } .failed { color: #b00020; }
+.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.3em 1em; margin: 1em 0; }
+.note { background: #eef5ff; border-left: 4px solid #4a80c8; padding: 0.3em 1em; margin: 1em 0; }
+.muted { color: #777; } footer { margin-top: 3em; font-size: 0.8em; color: #888; }
+details summary { cursor: pointer; font-weight: 600; }
+"""
+
+
+def render_report(run_dir: str | Path, *, interactive: bool = True, title: str | None = None) -> str:
+    """The report page of a results folder as an HTML string (see :func:`write_report`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a results folder")
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
-    captions = read_json(run_dir / CAPTIONS_FILE) if (run_dir / CAPTIONS_FILE).exists() else {}
-    warnings = summary.get("warnings", []) if isinstance(summary, dict) else []
-    figs = []
-    for png in sorted(run_dir.glob("*.png")):
-        data = base64.b64encode(png.read_bytes()).decode()
-        cap = html.escape(captions.get(png.name, png.stem.replace("_", " ")))
-        figs.append(f'<figure><img alt="{html.escape(png.stem)}" src="data:image/png;base64,{data}">'
-                    f"<figcaption><b>{html.escape(png.name)}</b>: {cap}</figcaption></figure>")
-    warn_html = "".join(f"<li>{html.escape(str(w))}</li>" for w in warnings)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>trainmap report: {html.escape(run_dir.name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
-th {{ background: #f4f4f4; font-weight: 600; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-.warn {{ background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.5em 1em; }}
-</style></head><body>
-<h1>trainmap report: {html.escape(run_dir.name)}</h1>
-{f'<div class="warn"><h2>Warnings</h2><ul>{warn_html}</ul></div>' if warnings else ''}
-<h2>Summary</h2>{_table(summary)}
-<h2>Figures</h2>{''.join(figs) or '<p>No figures.</p>'}
-<h2>Configuration</h2>{_table(config)}
+        raise FileNotFoundError(f"{run_dir} is not a results folder (no such directory); pass the folder "
+                                "a trainmap command wrote, e.g. results/jacobian")
+    problems: list[str] = []
+    config = _read(run_dir, "config.json", problems)
+    summary = _read(run_dir, "summary.json", problems)
+    captions = _read(run_dir, CAPTIONS_FILE, problems)
+    captions = captions if isinstance(captions, dict) else {}
+    lens_warnings = summary.get("warnings", []) if isinstance(summary, dict) else []
+    lens_warnings = lens_warnings if isinstance(lens_warnings, list) else [lens_warnings]
+    extra_warnings, notes = derived_warnings(run_dir, config, summary)
+    headline = {k: v for k, v in summary.items() if k != "warnings"} if isinstance(summary, dict) else summary
+
+    figs = [_figure_html(p, str(captions.get(p.name, p.stem.replace("_", " "))), problems)
+            for p in _ordered_pngs(run_dir, captions)]
+    figs = [f for f in figs if f]
+    views: list = []
+    if interactive:
+        from trainmap.report.interactive import find_views
+
+        views, view_problems = find_views(run_dir, captions)
+        problems += view_problems
+
+    warnings = [str(w) for w in lens_warnings] + extra_warnings + problems
+    name = title or run_dir.resolve().name
+    warn_html = ("<div class=\"warn\" id=\"warnings\"><h2>Warnings</h2><ul>"
+                 + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>") if warnings else ""
+    note_html = "".join(f'<div class="note">{html.escape(n)}</div>' for n in notes)
+    nav = ['<a href="#summary">summary</a>']
+    if views:
+        nav.append('<a href="#interactive">interactive views</a>')
+    nav.append('<a href="#figures">figures</a>')
+    nav.append('<a href="#config">configuration</a>')
+    try:
+        from importlib.metadata import version
+
+        ver = version("trainmap")
+    except Exception:  # noqa: BLE001
+        ver = "?"
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>trainmap report: {html.escape(name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>trainmap report: {html.escape(name)}</h1>
+<nav>{''.join(nav)}</nav>
+{warn_html}{note_html}
+<h2 id="summary">Summary</h2>{_table(headline, "headline")}
+{_interactive_html(views)}
+<h2 id="figures">Figures</h2>{''.join(figs) or '<p class="muted">No figures.</p>'}
+{_arrays_html(run_dir)}
+<h2 id="config">Configuration</h2>
+<details open><summary>config.json (everything needed to rerun)</summary>{_table(config)}</details>
+<footer>Written by trainmap {html.escape(ver)} on {stamp} from {html.escape(name)}/. Self-contained: opens offline.</footer>
 </body></html>
 """
-    return atomic_write_bytes(run_dir / "report.html", page.encode())
+
+
+def write_report(run_dir: str | Path, *, interactive: bool = True, title: str | None = None) -> Path:
+    """Write ``run_dir/report.html``: warnings, summary table, interactive views, figures, config.
+
+    Args:
+        run_dir: a results folder (config.json, summary.json, figures, arrays).
+        interactive: inline plotly views (eigenvalues, embeddings, ``*.plotly.json``); they add
+            about 5 MB of plotly.js to the page, once.
+        title: page title (default: the folder name).
+
+    Returns:
+        The path of the report (written atomically).
+    """
+    page = render_report(run_dir, interactive=interactive, title=title)
+    return atomic_write_bytes(Path(run_dir) / REPORT_FILE, page.encode())
