@@ -1,0 +1,392 @@
+"""Helpers shared by the training-Jacobian experiments.
+
+* results folders: :func:`prepare_folder`, :func:`finish` (summary, captions, report.html);
+* Jacobians: :func:`jacobian_svd` (the full SVD, through :func:`~trainmap.jacobian.analyze`,
+  cached in a results folder) and :func:`jacobian_spectrum` (σ and right singular vectors only,
+  from the eigendecomposition of JᵀJ — cheaper, enough for subspace overlaps);
+* subspaces: :func:`overlap`, :func:`principal_cosines`, :func:`random_orthonormal`,
+  :func:`closest_to_one`;
+* training many runs at once: :func:`train_many` (``vmap`` over blocks of initial parameters).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap.jacobian.regions import REGIONS, JacobianSVD, Thresholds, classify, region_mask
+from trainmap.recipe import Recipe
+
+MARKER = "summary.json"
+
+
+class ExperimentError(RuntimeError):
+    """An experiment cannot run with the given inputs (the message says how to fix it)."""
+
+
+# ----------------------------------------------------------------------------- folders
+def prepare_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create a results folder, refusing to clobber a finished one unless asked.
+
+    Args:
+        out: the folder.
+        resume: keep what is there (finished sub-results are reused by the caller).
+        overwrite: delete a previous trainmap results folder at ``out`` first.
+    """
+    out = Path(out)
+    if overwrite and out.exists():
+        if any(out.iterdir()) and not (out / "config.json").exists():
+            raise FileExistsError(f"{out} is not empty and is not a trainmap results folder; "
+                                  "refusing to overwrite it: choose another --out")
+        shutil.rmtree(out)
+    if (out / MARKER).exists() and not resume:
+        raise FileExistsError(f"{out} already holds finished results; pass --overwrite to redo them, "
+                              "--resume to reuse them, or --out to write elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def finish(out: Path, config: Mapping[str, Any], summary: dict[str, Any],
+           captions: Mapping[str, str]) -> dict[str, Any]:
+    """Write config.json, captions.json, summary.json (last: it marks the folder finished) and
+    report.html. Returns ``summary``."""
+    from trainmap.report.html import write_report
+
+    atomic_write_json(out / "config.json", dict(config))
+    atomic_write_json(out / "captions.json", dict(captions))
+    summary.setdefault("warnings", [])
+    atomic_write_json(out / MARKER, summary)
+    write_report(out)
+    return summary
+
+
+def finished(out: Path) -> dict[str, Any] | None:
+    """The summary of a finished results folder, or None."""
+    p = Path(out) / MARKER
+    return read_json(p) if p.exists() else None
+
+
+class Timer:
+    """Wall-clock seconds since creation: ``Timer()()``."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def progress_iter(items: Iterable[Any], description: str, enabled: bool, total: int | None = None):
+    """``items`` wrapped in a rich progress bar when ``enabled``."""
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, total=total)
+
+
+def recipe_config(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's JSON-able description plus P and T."""
+    return {**recipe.config, "num_params": recipe.num_params, "num_steps": recipe.num_steps}
+
+
+def thresholds_config(th: Thresholds) -> dict[str, float]:
+    return {"stable_below": th.low, "chaotic_above": th.high}
+
+
+# ----------------------------------------------------------------------------- Jacobians
+def data_fingerprint(recipe: Recipe) -> str:
+    """SHA-256 of the recipe's inputs, targets and batch order (detects a changed data set)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (recipe.x, recipe.y, recipe.batches):
+        h.update(np.ascontiguousarray(np.asarray(a)).tobytes())
+    return h.hexdigest()
+
+
+def _check_same_run(folder: Path, recipe: Recipe, theta0: Any) -> None:
+    """Stop if ``folder`` holds the Jacobian of another recipe or θ₀."""
+    th_path = folder / "theta0.npy"
+    if th_path.exists():
+        old = load_npy(th_path)
+        new = np.asarray(theta0, dtype=old.dtype)
+        if old.shape != new.shape or not np.array_equal(old, new):
+            raise ExperimentError(
+                f"{folder} holds the Jacobian of a different θ₀ (or model); point to the folder "
+                "of this recipe's run, or delete it to recompute")
+    cfg_path = folder / "config.json"
+    if cfg_path.exists():
+        cfg = read_json(cfg_path)
+        if "data_sha256" in cfg and cfg["data_sha256"] != data_fingerprint(recipe):
+            raise ExperimentError(f"{folder} holds the Jacobian of a run on other data (inputs, "
+                                  "labels or batch order); delete it or use another folder")
+        if "num_steps" in cfg and int(cfg["num_steps"]) != recipe.num_steps:
+            raise ExperimentError(f"{folder} holds the Jacobian of a {cfg['num_steps']}-step run, "
+                                  f"this recipe has {recipe.num_steps} steps; use the matching folder")
+        for key in ("hidden", "epochs", "lr", "optimizer", "batch_size", "seed", "activation"):
+            if key in cfg and key in recipe.config and cfg[key] != _json_value(recipe.config[key]):
+                raise ExperimentError(f"{folder} was computed with {key}={cfg[key]!r}, this recipe "
+                                      f"has {key}={recipe.config[key]!r}; use the matching folder")
+
+
+def _json_value(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def jacobian_svd(
+    recipe: Recipe,
+    theta0: Any,
+    folder: str | Path | None = None,
+    *,
+    eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
+    thresholds: Thresholds = Thresholds(),
+    resume: bool = True,
+    progress: bool = True,
+    chunk_size: int | None = None,
+    memory_budget_gb: float = 2.0,
+) -> JacobianSVD:
+    """The full SVD J = U diag(S) Vᵀ of the training Jacobian, computed once and cached.
+
+    With ``folder`` the work is done by :func:`~trainmap.jacobian.analyze` (a complete results
+    folder: figures, summary, resumable chunks) and a finished folder is reused after checking
+    that it belongs to this recipe and θ₀. Without ``folder`` everything stays in memory.
+
+    Returns:
+        :class:`~trainmap.jacobian.JacobianSVD` with U, S, Vt: (P, P), (P,), (P, P).
+    """
+    from trainmap.jacobian.analysis import analyze, load_svd
+    from trainmap.jacobian.exact import exact_jacobian
+    from trainmap.jacobian.regions import svd
+
+    if folder is None:
+        J = exact_jacobian(recipe, theta0, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
+                           progress=progress)
+        return svd(J, thresholds)
+    folder = Path(folder)
+    if (folder / MARKER).exists():
+        _check_same_run(folder, recipe, theta0)
+        dec = load_svd(folder)
+        if dec.thresholds != thresholds:
+            dec = JacobianSVD(dec.U, dec.S, dec.Vt, classify(dec.S, thresholds), dec.cos_uv, thresholds)
+        return dec
+    _check_same_run(folder, recipe, theta0)
+    analyze(recipe, theta0, folder, eval_sets=eval_sets, thresholds=thresholds,
+            chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
+            resume=resume and folder.exists(), progress=progress)
+    return load_svd(folder)
+
+
+def spectrum_from_jacobian(J: np.ndarray, thresholds: Thresholds = Thresholds()) -> JacobianSVD:
+    """σ and right singular vectors of J from the eigendecomposition of JᵀJ (no U).
+
+    About 3× cheaper than a full SVD. σ is accurate to about 1e-7·σ_max²/σ in float32 (≈ 4e-5
+    at σ ≈ 1 for σ_max ≈ 25), ample for region labels at |σ − 1| ≤ 0.1 but not for σ ≪ 1.
+
+    Args:
+        J: (P, P) training Jacobian.
+
+    Returns:
+        :class:`JacobianSVD` with ``U = None`` and ``cos_uv = None``; S descending, Vt (P, P).
+    """
+    J = np.asarray(J)
+    if not np.all(np.isfinite(J)):
+        raise ValueError("J contains NaN/inf; recompute it (the training run may have diverged)")
+    G = J.T @ J
+    w, V = scipy.linalg.eigh(G, driver="evd", overwrite_a=True, check_finite=False)
+    S = np.sqrt(np.clip(w[::-1], 0.0, None)).astype(J.dtype)
+    Vt = np.ascontiguousarray(V[:, ::-1].T)
+    return JacobianSVD(None, S, Vt, classify(S, thresholds), None, thresholds)  # type: ignore[arg-type]
+
+
+def jacobian_spectrum(
+    recipe: Recipe,
+    theta0: Any,
+    folder: str | Path | None = None,
+    *,
+    thresholds: Thresholds = Thresholds(),
+    resume: bool = True,
+    progress: bool = True,
+    chunk_size: int | None = None,
+    memory_budget_gb: float = 2.0,
+) -> JacobianSVD:
+    """σ and Vᵀ of the training Jacobian (see :func:`spectrum_from_jacobian`), cached in ``folder``.
+
+    ``folder`` holds ``jacobian.npy``, ``singular_values.npy``, ``svd_Vt.npy``, ``theta0.npy``
+    and ``spectrum.json`` (written last); the Jacobian's chunks are checkpointed in
+    ``folder/checkpoint`` so a killed computation resumes. A folder written by
+    :func:`~trainmap.jacobian.analyze` is read as well.
+    """
+    from trainmap.jacobian.exact import exact_jacobian
+
+    if folder is None:
+        J = exact_jacobian(recipe, theta0, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
+                           progress=progress)
+        return spectrum_from_jacobian(J, thresholds)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _check_same_run(folder, recipe, theta0)
+    if (folder / "spectrum.json").exists() or (folder / MARKER).exists():
+        S = load_npy(folder / "singular_values.npy")
+        return JacobianSVD(None, S, load_npy(folder / "svd_Vt.npy"), classify(S, thresholds),  # type: ignore[arg-type]
+                           None, thresholds)
+    atomic_save_npy(folder / "theta0.npy", np.asarray(theta0))
+    atomic_write_json(folder / "config.json", {**recipe_config(recipe),
+                                               "data_sha256": data_fingerprint(recipe)})
+    jac = folder / "jacobian.npy"
+    if jac.exists() and resume:
+        J = load_npy(jac)
+    else:
+        J = exact_jacobian(recipe, theta0, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
+                           checkpoint_dir=folder / "checkpoint",
+                           resume=resume and (folder / "checkpoint").exists(), progress=progress)
+        atomic_save_npy(jac, J)
+    dec = spectrum_from_jacobian(J, thresholds)
+    atomic_save_npy(folder / "singular_values.npy", dec.S)
+    atomic_save_npy(folder / "svd_Vt.npy", dec.Vt)
+    counts = {r: int(region_mask(dec.codes, r).sum()) for r in REGIONS}
+    atomic_write_json(folder / "spectrum.json", {"num_params": int(dec.S.size), "counts": counts,
+                                                 "sigma_max": float(dec.S[0])})
+    return dec
+
+
+# ----------------------------------------------------------------------------- subspaces
+def closest_to_one(dec: JacobianSVD, k: int) -> np.ndarray:
+    """Indices of the k singular values closest to 1 (smallest |σ − 1|), in index order."""
+    return np.sort(np.argsort(np.abs(dec.S - 1.0), kind="stable")[:k])
+
+
+def bulk_basis(dec: JacobianSVD, k: int | None = None) -> np.ndarray:
+    """(P, k) right singular vectors of the bulk: the region (k=None) or the k closest to σ = 1."""
+    if k is None:
+        return dec.basis("bulk")
+    return dec.Vt[closest_to_one(dec, k)].T
+
+
+def random_orthonormal(P: int, k: int, seed: int, dtype: Any = np.float32) -> np.ndarray:
+    """(P, k) Haar-random orthonormal basis (QR of a Gaussian matrix, sign-fixed), seeded."""
+    if not 0 <= k <= P:
+        raise ValueError(f"need 0 <= k <= P, got k={k}, P={P}")
+    g = np.random.default_rng(seed).standard_normal((P, k))
+    q, r = np.linalg.qr(g)
+    q *= np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))
+    return q.astype(dtype)
+
+
+def overlap(A: np.ndarray, B: np.ndarray) -> float:
+    """Mean cos² of the principal angles between span(A) and span(B).
+
+    = ‖P_A P_B‖²_F / min(k_A, k_B) = ‖AᵀB‖²_F / min(k_A, k_B) for orthonormal bases
+    A: (P, k_A), B: (P, k_B). 1 when one subspace contains the other, 0 when orthogonal;
+    for independent random subspaces its mean is max(k_A, k_B) / P (:func:`random_overlap`).
+    """
+    A, B = np.asarray(A), np.asarray(B)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
+        raise ValueError(f"bases must be (P, k) with the same P, got {A.shape} and {B.shape}")
+    k = min(A.shape[1], B.shape[1])
+    if k == 0:
+        return float("nan")
+    M = A.T @ B
+    return float(np.sum(np.square(M, dtype=np.float64)) / k)
+
+
+def random_overlap(k_a: int, k_b: int, P: int) -> float:
+    """Expected :func:`overlap` of independent uniformly random subspaces: max(k_A, k_B) / P."""
+    return max(k_a, k_b) / P
+
+
+def principal_cosines(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Cosines of the min(k_A, k_B) principal angles between span(A) and span(B), descending.
+
+    Computed as square roots of the eigenvalues of MᵀM (M = AᵀB of the smaller side), which is
+    much cheaper than an SVD for large k.
+    """
+    A, B = np.asarray(A), np.asarray(B)
+    if A.shape[1] > B.shape[1]:
+        A, B = B, A
+    M = (A.T @ B).astype(np.float64)  # (kA, kB), kA <= kB
+    w = scipy.linalg.eigvalsh(M @ M.T, driver="evd", check_finite=False)
+    return np.sqrt(np.clip(w[::-1], 0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- training
+def train_many(
+    recipe: Recipe,
+    thetas: Any,
+    *,
+    block: int = 32,
+    progress: bool = False,
+    description: str = "training",
+) -> np.ndarray:
+    """Train from many initial points at once: ``vmap`` of ``recipe.train`` over blocks.
+
+    Args:
+        recipe: the training run.
+        thetas: (n, P) initial parameters; their dtype sets the computation's dtype (enable
+            ``jax.enable_x64`` for float64).
+        block: runs per compiled ``vmap`` call (memory grows linearly with it).
+
+    Returns:
+        (n, P) final parameters as NumPy.
+    """
+    thetas = jnp.asarray(thetas)
+    n = thetas.shape[0]
+    if n == 0:
+        return np.zeros((0, recipe.num_params), dtype=np.dtype(thetas.dtype))
+    b = max(1, min(block, n))
+    fn = jax.jit(jax.vmap(recipe.train))
+    out = []
+    starts = range(0, n, b)
+    for s in progress_iter(starts, description, progress, total=len(starts)):
+        chunk = thetas[s: s + b]
+        pad = b - chunk.shape[0]
+        if pad:  # keep one compiled shape
+            chunk = jnp.concatenate([chunk, jnp.repeat(chunk[-1:], pad, axis=0)])
+        res = np.asarray(fn(chunk))
+        out.append(res[: b - pad])
+    res = np.concatenate(out)
+    if not np.all(np.isfinite(res)):
+        bad = int(np.sum(~np.all(np.isfinite(res), axis=1)))
+        raise ExperimentError(f"{bad} of {n} training runs diverged (NaN/inf parameters); the "
+                              "perturbations are too large for this learning rate")
+    return res
+
+
+def logits_many(apply: Callable, unravel: Callable, thetas: Any, x: Any) -> jax.Array:
+    """Outputs of many parameter vectors on one input set: (n, P), (N, ...) -> (n, N, C)."""
+    x = jnp.asarray(x, dtype=jnp.asarray(thetas).dtype)
+    return jax.vmap(lambda th: apply(unravel(th), x))(jnp.asarray(thetas))
+
+
+def loss_acc_many(recipe: Recipe, thetas: Any, x: Any, y: Any, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-entropy loss and accuracy of many parameter vectors: (n, P) -> ((n,), (n,))."""
+    from trainmap.recipe import cross_entropy
+
+    thetas = jnp.asarray(thetas)
+    labels = jnp.asarray(y)
+
+    @jax.jit
+    def one_block(ths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        lg = logits_many(recipe.apply, recipe.unravel, ths, x)
+        loss = jax.vmap(lambda z: cross_entropy(z, labels))(lg)
+        acc = jnp.mean(jnp.argmax(lg, -1) == labels[None], axis=1)
+        return loss, acc
+
+    losses, accs = [], []
+    for s in range(0, thetas.shape[0], block):
+        lo, ac = one_block(thetas[s: s + block])
+        losses.append(np.asarray(lo))
+        accs.append(np.asarray(ac))
+    return np.concatenate(losses), np.concatenate(accs)
+
+
+def as_index_list(values: Sequence[int] | np.ndarray) -> list[int]:
+    return [int(v) for v in np.asarray(values).ravel()]
