@@ -18,6 +18,7 @@ segment) is a different dynamical system. Each method is observed in its own coo
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any
 
 import jax
@@ -94,6 +95,11 @@ def random_initial_conditions(n: int, seed: int) -> dict[str, np.ndarray]:
             "b0": rng.uniform(1 / 7, 8 / 7, (n, 2))}
 
 
+@partial(jax.jit, static_argnames=("steps",))
+def _all_methods(x0: jax.Array, a0: jax.Array, b0: jax.Array, eta: jax.Array, steps: int) -> tuple:
+    return omd(x0, eta, steps), ogd(jnp.log(x0), eta, steps), bisection(a0, b0, steps)
+
+
 def simulate(ics: dict[str, np.ndarray], eta: float = 1e-2, steps: int = 100) -> dict[str, np.ndarray]:
     """Run the three methods from matching initial conditions, in float64.
 
@@ -102,13 +108,9 @@ def simulate(ics: dict[str, np.ndarray], eta: float = 1e-2, steps: int = 100) ->
         "BM": (runs, steps, 2) bisection midpoints}``.
     """
     with jax.enable_x64(True):
-        x0 = jnp.asarray(ics["x0"], jnp.float64)
-        out = {
-            "OMD": omd(x0, eta, steps),
-            "OGD": ogd(jnp.log(x0), eta, steps),
-            "BM": bisection(jnp.asarray(ics["a0"], jnp.float64), jnp.asarray(ics["b0"], jnp.float64), steps),
-        }
-        return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+        f64 = partial(jnp.asarray, dtype=jnp.float64)
+        out = _all_methods(f64(ics["x0"]), f64(ics["a0"]), f64(ics["b0"]), f64(eta), int(steps))
+        return {k: np.asarray(v, dtype=np.float64) for k, v in zip(("OMD", "OGD", "BM"), out)}
 
 
 def run(out: Any = None, eta: float = 1e-2, steps: int = 100, grid: int = 5, delays: int = 4,
