@@ -1,0 +1,283 @@
+"""Block Lanczos on the symmetric operator A = JᵀJ − I: extreme singular triplets of J.
+
+The eigenvalues of A are λ_i = σ_i² − 1, so the top eigenvectors of A are the most chaotic right
+singular vectors of J (σ > 1) and the bottom ones the most stable (σ < 1). A shift by −I leaves
+the Krylov space unchanged; it only moves the Ritz values, so the same block Lanczos run serves
+the chaotic end, the stable end, and the stochastic Lanczos quadrature of :mod:`slq`.
+
+Algorithm: block Lanczos with full (two-pass) reorthogonalisation against every stored block,
+started from a (b, P) block of Rademacher probe vectors. After m block steps the Krylov basis
+Q (m·b, P) and the projected matrix T = Q A Qᵀ (m·b, m·b) give Ritz pairs (θ, y = Qᵀs); the
+residual ‖A y − θ y‖ = ‖B_m s_last‖ (the norm of the next, never-multiplied block) is the
+convergence diagnostic, computed without extra products.
+
+Vectors are rows throughout: a block is (b, P), matching the (k, P) blocks of
+:class:`~trainmap.jacobian.matrix_free.TrainingOperator`. The host-side linear algebra is NumPy
+in float64 on the small projected problem; the basis is stored in the operator's dtype.
+
+The state after every block step is an append-only list of blocks, which :mod:`scale` writes to
+disk so that an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+# apply(X: (b, P)) -> (A X: (b, P), side: (b, P) or None); ``side`` (J X) is kept for left vectors
+BlockOperator = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+def rademacher(num_probes: int, dim: int, seed: int, dtype: Any = np.float32) -> np.ndarray:
+    """(num_probes, dim) random ±1 matrix from ``numpy.random.default_rng(seed)``."""
+    if num_probes < 1 or dim < 1:
+        raise ValueError(f"need num_probes >= 1 and dim >= 1, got {num_probes} and {dim}")
+    rng = np.random.default_rng(seed)
+    return (2.0 * rng.integers(0, 2, size=(num_probes, dim)) - 1.0).astype(dtype)
+
+
+def _orthonormalise(W: np.ndarray, basis: list[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Orthogonalise rows of W (b, P) against all ``basis`` blocks (twice), then QR.
+
+    Returns:
+        (Q_next (b, P) with orthonormal rows, B (b, b) upper triangular with W_perp = Bᵀ Q_next ...)
+        precisely: W_perp (b, P) = R.T @ Q_next with R upper triangular; returns (Q_next, R).
+        Rows that vanish (an exhausted Krylov space) are replaced by fresh random orthogonal rows
+        with a zero row in R, so the recurrence continues without fake coupling.
+    """
+    W = W.astype(np.float64, copy=True)
+    for _ in range(2):
+        for Qb in basis:
+            Qb64 = Qb.astype(np.float64, copy=False)
+            W -= (W @ Qb64.T) @ Qb64
+    Qt, R = np.linalg.qr(W.T)  # W.T (P, b) = Qt (P, b) R (b, b)
+    Q = Qt.T
+    scale = max(float(np.abs(R).max()) if R.size else 0.0, 1e-300)
+    dead = np.abs(np.diag(R)) <= 1e-10 * max(scale, 1.0)
+    if dead.any():
+        rng = np.random.default_rng(seed)
+        for i in np.flatnonzero(dead):
+            v = rng.standard_normal(W.shape[1])
+            for _ in range(2):
+                for Qb in basis + [Q[:i], Q[i + 1:]]:
+                    if Qb.size:
+                        Qb64 = Qb.astype(np.float64, copy=False)
+                        v -= (Qb64 @ v) @ Qb64
+            Q[i] = v / np.linalg.norm(v)
+            R[i, :] = 0.0
+    return Q, R
+
+
+@dataclass
+class BlockLanczosState:
+    """The growing Krylov basis of a block Lanczos run (append-only; everything resumable).
+
+    Attributes:
+        probes: (b, P) starting block V0 (Rademacher rows).
+        R0: (b, b) with V0ᵀ = Q0ᵀ R0, i.e. V0 = R0ᵀ Q0 (for quadrature weights).
+        blocks: list of (b, P) orthonormal blocks Q_j (operator dtype).
+        side: list of (b, P) blocks J Q_j (or empty when the operator returns no side output).
+        coeffs: list of (j+1·b... ) projections: coeffs[j] = (Q_0..Q_j) A Q_jᵀ, shape ((j+1)·b, b).
+        next_block: (b, P) the next basis block Q_{m}, or None before the first step.
+        next_R: (b, b) coupling B_m with residual block = B_mᵀ Q_m.
+    """
+
+    probes: np.ndarray
+    R0: np.ndarray
+    blocks: list[np.ndarray] = field(default_factory=list)
+    side: list[np.ndarray] = field(default_factory=list)
+    coeffs: list[np.ndarray] = field(default_factory=list)
+    next_block: np.ndarray | None = None
+    next_R: np.ndarray | None = None
+
+    @property
+    def block_size(self) -> int:
+        return int(self.probes.shape[0])
+
+    @property
+    def steps(self) -> int:
+        """Number of finished block steps m (operator applications to a block)."""
+        return len(self.coeffs)
+
+    @classmethod
+    def start(cls, probes: np.ndarray, dtype: Any = None) -> "BlockLanczosState":
+        """Begin from a (b, P) block of probes (orthonormalised by QR)."""
+        probes = np.asarray(probes)
+        if probes.ndim != 2 or probes.shape[0] > probes.shape[1]:
+            raise ValueError(f"probes must be (b, P) with b <= P, got {probes.shape}")
+        Q0, R0 = _orthonormalise(probes, [], seed=0)
+        return cls(probes, R0, next_block=Q0.astype(dtype or probes.dtype), next_R=None)
+
+    def projected(self) -> np.ndarray:
+        """T (m·b, m·b): the symmetrised projection Q A Qᵀ on the first m blocks (float64)."""
+        b, m = self.block_size, self.steps
+        T = np.zeros((m * b, m * b))
+        for j, c in enumerate(self.coeffs):
+            T[: (j + 1) * b, j * b:(j + 1) * b] = c  # blocks above and on the diagonal
+            T[j * b:(j + 1) * b, : j * b] = c[: j * b].T  # their mirror below
+        return 0.5 * (T + T.T)
+
+
+def block_lanczos_step(state: BlockLanczosState, apply: BlockOperator, seed: int = 0) -> BlockLanczosState:
+    """One block step: multiply the next block by A, reorthogonalise, append (in place).
+
+    Args:
+        state: the run so far (``state.next_block`` is multiplied).
+        apply: ``apply(X (b, P)) -> (A X (b, P), J X (b, P) or None)``.
+        seed: seed for replacement vectors if the Krylov space is exhausted.
+    """
+    Qj = state.next_block
+    assert Qj is not None
+    AQ, side = apply(Qj)
+    AQ = np.asarray(AQ, dtype=np.float64)
+    if not np.all(np.isfinite(AQ)):
+        raise FloatingPointError("the operator returned NaN/inf; the training run is not "
+                                 "differentiable here (diverged?) — lower the learning rate or use float64")
+    basis = state.blocks + [Qj]
+    # block i of coeff is Q_i A Q_jᵀ (b, b); the full column of T, not just the tridiagonal part
+    coeff = np.concatenate([Qb.astype(np.float64) @ AQ.T for Qb in basis], axis=0)
+    Qn, R = _orthonormalise(AQ, basis, seed=seed + 7919 * (state.steps + 1))
+    state.blocks.append(Qj)
+    if side is not None:
+        state.side.append(np.asarray(side, dtype=Qj.dtype))
+    state.coeffs.append(coeff)
+    state.next_block = Qn.astype(Qj.dtype)
+    state.next_R = R
+    return state
+
+
+@dataclass
+class RitzPairs:
+    """Ritz values and vectors of A = JᵀJ − I from a block Lanczos run, sorted descending.
+
+    Attributes:
+        values: (n,) Ritz values θ (estimates of σ² − 1), descending.
+        coords: (m·b, n) eigenvectors s of the projected matrix T (columns).
+        residuals: (n,) ‖A y − θ y‖ for the Ritz vector y = Qᵀ s.
+    """
+
+    values: np.ndarray
+    coords: np.ndarray
+    residuals: np.ndarray
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """(n,) estimated singular values sqrt(max(θ + 1, 0))."""
+        return np.sqrt(np.maximum(self.values + 1.0, 0.0))
+
+
+def ritz(state: BlockLanczosState, shift: float = -1.0) -> RitzPairs:
+    """All Ritz pairs of the shifted operator A = JᵀJ + shift·I from the run so far.
+
+    The operator applied during the run is JᵀJ (unshifted); the shift is added here.
+    """
+    T = state.projected()
+    theta, S = np.linalg.eigh(T)
+    order = np.argsort(theta)[::-1]
+    theta, S = theta[order], S[:, order]
+    b = state.block_size
+    last = S[-b:, :]
+    R = state.next_R if state.next_R is not None else np.zeros((b, b))
+    res = np.linalg.norm(R.T @ last, axis=0)
+    return RitzPairs(theta + shift, S, res)
+
+
+def ritz_vectors(state: BlockLanczosState, coords: np.ndarray, side: bool = False) -> np.ndarray:
+    """Rows Y = sᵀ Q (n, P) for coordinate columns ``coords`` (m·b, n); J Q instead if ``side``."""
+    blocks = state.side if side else state.blocks
+    if side and len(blocks) != state.steps:
+        raise ValueError("this run did not keep J Q (side=False in the operator); left vectors unavailable")
+    out = np.zeros((coords.shape[1], blocks[0].shape[1]), dtype=np.float64)
+    b = state.block_size
+    for j, Qb in enumerate(blocks):
+        out += coords[j * b:(j + 1) * b].T @ Qb.astype(np.float64)
+    return out
+
+
+@dataclass
+class ExtremeTriplets:
+    """Extreme singular triplets of J from block Lanczos on JᵀJ − I.
+
+    Attributes:
+        sigma: (k,) singular values (descending for ``top``, ascending for ``bottom``).
+        V: (k, P) right singular vectors v_i as rows (directions in θ₀ space).
+        U: (k, P) left singular vectors u_i = J v_i / σ_i as rows, or None.
+        residuals: (k,) ‖JᵀJ v − σ² v‖ per pair.
+        rel_residuals: (k,) residual / max(σ², 1).
+    """
+
+    sigma: np.ndarray
+    V: np.ndarray
+    U: np.ndarray | None
+    residuals: np.ndarray
+    rel_residuals: np.ndarray
+
+
+def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
+                     vectors: bool = True) -> ExtremeTriplets:
+    """The k largest (``end="top"``) or smallest (``"bottom"``) singular triplets found so far.
+
+    Args:
+        state: a block Lanczos run on JᵀJ.
+        k: number of triplets (at most m·b).
+        end: "top" (chaotic end) or "bottom" (stable end).
+        vectors: also form V (and U when the run kept J Q).
+    """
+    if end not in ("top", "bottom"):
+        raise ValueError(f"end must be 'top' or 'bottom', got {end!r}")
+    pairs = ritz(state)
+    n = pairs.values.size
+    if k > n:
+        raise ValueError(f"asked for {k} triplets but the Krylov space has dimension {n}; "
+                         "run more steps or use a larger block")
+    idx = np.arange(k) if end == "top" else np.arange(n - 1, n - 1 - k, -1)
+    sigma = pairs.sigma[idx]
+    res = pairs.residuals[idx]
+    lam = pairs.values[idx] + 1.0
+    V = U = None
+    if vectors:
+        V = ritz_vectors(state, pairs.coords[:, idx])
+        if state.side:
+            U = ritz_vectors(state, pairs.coords[:, idx], side=True) / np.maximum(sigma, 1e-30)[:, None]
+    return ExtremeTriplets(sigma, V if V is not None else np.zeros((0, 0)), U, res,
+                           res / np.maximum(np.abs(lam), 1.0))
+
+
+def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: int = 0,
+                  progress: Callable[[], None] | None = None) -> BlockLanczosState:
+    """Run ``steps`` block steps from ``probes`` (b, P) in memory (see :mod:`scale` for checkpoints).
+
+    Args:
+        apply: ``apply(X (b, P)) -> (JᵀJ X, J X or None)``.
+        probes: (b, P) starting block.
+        steps: number of block steps m (m·b ≤ P).
+        seed: seed of replacement vectors for an exhausted Krylov space.
+        progress: called once per finished step.
+
+    Returns:
+        The :class:`BlockLanczosState`.
+    """
+    b, P = probes.shape
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps * b > P:
+        raise ValueError(f"steps·block = {steps * b} exceeds the dimension P = {P}; use fewer steps")
+    state = BlockLanczosState.start(probes)
+    for _ in range(steps):
+        block_lanczos_step(state, apply, seed)
+        if progress is not None:
+            progress()
+    return state
+
+
+def dense_operator(M: np.ndarray) -> BlockOperator:
+    """A block operator for a dense J (P, P): X -> (X JᵀJ rows, X Jᵀ rows), for tests and checks."""
+    M = np.asarray(M)
+
+    def apply(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        JX = X @ M.T  # rows (J x)ᵀ
+        return JX @ M, JX
+
+    return apply

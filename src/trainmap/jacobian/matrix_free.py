@@ -1,0 +1,181 @@
+"""Matrix-free products with the training Jacobian J = ∂θ_T/∂θ₀ (P, P), never forming J.
+
+* ``J V``: forward mode — a ``vmap`` of ``jvp`` through the scanned training run; the primal
+  trajectory is computed once per block and shared by its k tangents. Memory O(state · k).
+* ``Jᵀ W``: reverse mode through the training run with rematerialisation. The T optimizer steps
+  are cut into ⌈T / s⌉ segments of s ≈ √T steps; each segment is a ``jax.checkpoint``-ed inner
+  ``lax.scan``. The forward pass keeps only the training state at segment boundaries; the
+  backward pass recomputes one segment at a time. Peak memory of the reverse pass is about
+
+      (⌈T/s⌉ + 1) · |state|  +  s · |residuals of one step|  +  2k · P floats,
+
+  i.e. O(√T · state) instead of O(T · residuals) for the plain reverse pass (``segment=0``).
+  |state| is θ plus the optimizer state (2P floats for SGD with momentum, 3P for Adam); the
+  residuals of one step are a few P floats plus the activations of one batch.
+* ``JᵀJ V``: both in one compiled program (returns J V too, for left singular vectors).
+
+All products act on blocks of row vectors ``V: (k, P)`` and can be sharded over every JAX device
+along k (:mod:`trainmap.jacobian.sharding`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trainmap.jacobian.exact import _check_dtype, precision_context
+from trainmap.jacobian.sharding import shard_rows, vector_mesh
+from trainmap.recipe import Recipe
+
+
+def default_segment(num_steps: int) -> int:
+    """s = ⌈√T⌉, the segment length that balances stored boundaries against one segment's residuals."""
+    return max(1, math.isqrt(max(num_steps - 1, 0)) + 1) if num_steps > 1 else 1
+
+
+def checkpointed_train(recipe: Recipe, segment: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """``train(theta0) -> thetaT`` identical to ``recipe.train`` but rematerialised in segments.
+
+    Args:
+        recipe: the training run (T steps).
+        segment: steps per checkpointed segment; None: ⌈√T⌉; 0: no checkpointing (the plain
+            scan, whose reverse pass stores every step's residuals).
+
+    Returns:
+        A pure function (P,) -> (P,); its values equal ``recipe.train``'s, and its reverse-mode
+        derivative stores only segment boundaries.
+    """
+    T = recipe.num_steps
+    if segment == 0:
+        return recipe.train
+    s = default_segment(T) if segment is None else int(segment)
+    if s < 1:
+        raise ValueError(f"segment must be >= 0 (0: no checkpointing), got {segment}")
+    s = min(s, T)
+    n_seg, rem = divmod(T, s)
+
+    def train(theta0: jax.Array) -> jax.Array:
+        theta0 = recipe._check_theta(theta0)
+        x, y = recipe._data(theta0.dtype)
+        step = recipe._step_fn(x, y, theta0.dtype)
+        batches = jnp.asarray(recipe.batches)
+
+        @jax.checkpoint
+        def run_segment(carry: Any, idx: jax.Array) -> tuple[Any, None]:
+            carry, _ = jax.lax.scan(step, carry, idx)
+            return carry, None
+
+        carry = (theta0, recipe._init_state(theta0))
+        carry, _ = jax.lax.scan(run_segment, carry, batches[: n_seg * s].reshape(n_seg, s, -1))
+        if rem:
+            carry, _ = run_segment(carry, batches[n_seg * s:])
+        return carry[0]
+
+    return train
+
+
+def jvp_block(train: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``f(theta0 (P,), V (k, P)) -> J V as rows (k, P)``: vmapped forward mode (not jitted)."""
+
+    def f(theta0: jax.Array, V: jax.Array) -> jax.Array:
+        return jax.vmap(lambda v: jax.jvp(train, (theta0,), (v,))[1])(V)
+
+    return f
+
+
+def vjp_block(train: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``f(theta0 (P,), W (k, P)) -> Jᵀ W as rows (k, P)``: vmapped reverse mode (not jitted).
+
+    Use a :func:`checkpointed_train` for ``train`` to bound the memory of the reverse pass.
+    """
+
+    def f(theta0: jax.Array, W: jax.Array) -> jax.Array:
+        _, pullback = jax.vjp(train, theta0)
+        return jax.vmap(lambda w: pullback(w)[0])(W)
+
+    return f
+
+
+class TrainingOperator:
+    """J = ∂θ_T/∂θ₀ of a recipe as a matrix-free operator on blocks of row vectors.
+
+    Args:
+        recipe: the training run.
+        theta0: (P,) initial flat parameters.
+        dtype: float32 (default) or float64 (enables JAX's x64 mode around each call).
+        segment: steps per rematerialised segment of the reverse pass (None: ⌈√T⌉; 0: none).
+        devices: devices to shard the vector axis over; None: all of ``jax.devices()``;
+            pass ``jax.devices()[:1]`` to stay on one device.
+
+    Example:
+        >>> op = TrainingOperator(recipe, theta0)
+        >>> JV = op.matvec(V)          # V: (k, P) -> (k, P), row i is J V[i]
+        >>> JtW = op.rmatvec(W)        # W: (k, P) -> (k, P), row i is Jᵀ W[i]
+        >>> JtJV, JV = op.gram(V)      # both, in one compiled program
+    """
+
+    def __init__(self, recipe: Recipe, theta0: Any, *, dtype: Any = np.float32,
+                 segment: int | None = None, devices: Any = None) -> None:
+        self.recipe = recipe
+        self.dtype = _check_dtype(dtype)
+        self.num_params = int(recipe.num_params)
+        self.segment = segment
+        with precision_context(self.dtype):
+            self.theta0 = np.asarray(recipe._check_theta(jnp.asarray(theta0, dtype=self.dtype)))
+        self.mesh = vector_mesh(devices)
+        plain = recipe.train
+        remat = checkpointed_train(recipe, segment)
+        jvp_f, vjp_f = jvp_block(plain), vjp_block(remat)
+
+        def gram_f(theta0: jax.Array, V: jax.Array) -> tuple[jax.Array, jax.Array]:
+            JV = jvp_f(theta0, V)
+            return vjp_f(theta0, JV), JV
+
+        self._jvp = shard_rows(jvp_f, self.mesh)
+        self._vjp = shard_rows(vjp_f, self.mesh)
+        self._gram = shard_rows(gram_f, self.mesh)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(P, P)."""
+        return (self.num_params, self.num_params)
+
+    @property
+    def num_devices(self) -> int:
+        """Devices the vector axis is sharded over."""
+        return int(self.mesh.size)
+
+    def _block(self, V: Any, name: str) -> np.ndarray:
+        V = np.asarray(V, dtype=self.dtype)
+        if V.ndim == 1:
+            V = V[None]
+        if V.ndim != 2 or V.shape[1] != self.num_params:
+            raise ValueError(f"{name} must be a (k, {self.num_params}) block of row vectors, got "
+                             f"shape {np.shape(V)}")
+        return V
+
+    def matvec(self, V: Any) -> np.ndarray:
+        """J V. V: (k, P) rows (or one (P,) vector) -> (k, P) rows J v_i."""
+        V = self._block(V, "V")
+        with precision_context(self.dtype):
+            return self._jvp(self.theta0, V)
+
+    def rmatvec(self, W: Any) -> np.ndarray:
+        """Jᵀ W. W: (k, P) rows (or one (P,) vector) -> (k, P) rows Jᵀ w_i."""
+        W = self._block(W, "W")
+        with precision_context(self.dtype):
+            return self._vjp(self.theta0, W)
+
+    def gram(self, V: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(JᵀJ V, J V), each (k, P), from one compiled forward + reverse program."""
+        V = self._block(V, "V")
+        with precision_context(self.dtype):
+            return self._gram(self.theta0, V)
+
+    def block_operator(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``X (b, P) -> (JᵀJ X, J X)`` as NumPy arrays, for :mod:`trainmap.jacobian.lanczos`."""
+        return self.gram
