@@ -103,7 +103,7 @@ def small_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("report") / "small-run"
     recipe, theta0 = tiny_recipe(epochs=1)
-    analyze(recipe, theta0, out, progress=False)
+    analyze(recipe, theta0, out, progress=False, chunk_size=64)
     rng = np.random.default_rng(0)
     np.save(out / "eigenvalues_small.npy", np.exp(1j * rng.uniform(-1, 1, 8)) * rng.uniform(0.6, 1, 8))
     t = np.linspace(0, 1, 40)[None, :, None]

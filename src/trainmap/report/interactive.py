@@ -94,7 +94,7 @@ def _subsample(n: int, limit: int = MAX_POINTS) -> np.ndarray:
 
 
 def _label(stem: str, key: str) -> str:
-    lab = stem.replace(key, "").strip("_")
+    lab = "_".join(part for part in stem.replace(key, "").split("_") if part)
     return lab or stem
 
 
