@@ -1,10 +1,262 @@
-"""``trainmap jacobian <experiment>`` subcommands (registered on the ``jacobian`` group)."""
+"""``trainmap jacobian <experiment>`` subcommands (registered on the ``jacobian`` group).
+
+The recipe is chosen by the group's options, written *before* the subcommand, e.g.
+``trainmap jacobian --hidden 32 --epochs 5 perturb``; the group's ``--out`` (default
+``results/jacobian``) is where the main Jacobian analysis lives: a finished one is reused (after
+checking it belongs to the same setup), a missing one is computed there first.
+
+    perturb     1. perturbation response along a chaotic, a bulk and a stable direction
+    ood         2. in- vs out-of-distribution KL of every singular direction
+    restricted  3. training restricted to k singular directions
+    labels      4. data and label dependence (shuffled labels, noise inputs)
+    seeds       5. bulk overlap across seeds
+    change      6. θ_T − θ₀ in the singular basis
+    linearized  7. bulk vs null space of the output Jacobian
+    reproduce   all seven on the configured setup, one results folder
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable, Optional
+
 import typer
+
+_SETUP_KEYS = ("hidden", "epochs", "batch_size", "lr", "activation", "seed")
+
+
+def _setup_kwargs(ctx: typer.Context) -> dict[str, Any]:
+    p = ctx.parent.params if ctx.parent is not None else {}
+    kw = {k: p[k] for k in _SETUP_KEYS if k in p}
+    if "optimizer" in p:
+        kw["optimizer"] = getattr(p["optimizer"], "value", p["optimizer"])
+    return kw
+
+
+def _group(ctx: typer.Context, key: str, default: Any) -> Any:
+    p = ctx.parent.params if ctx.parent is not None else {}
+    v = p.get(key, default)
+    return default if v is None else v
+
+
+def _context(ctx: typer.Context):
+    """(setup, main-Jacobian SVD, thresholds, setup kwargs) for a subcommand."""
+    from trainmap.jacobian.experiments import _common as C
+    from trainmap.jacobian.regions import Thresholds
+    from trainmap.presets import digits_mlp
+
+    kw = _setup_kwargs(ctx)
+    setup = digits_mlp(**kw)
+    th = Thresholds.symmetric(float(_group(ctx, "bulk_tol", 0.1)))
+    jdir = Path(_group(ctx, "out", Path("results/jacobian")))
+    chunk = int(_group(ctx, "chunk_size", 0)) or None
+    d = setup.data
+    typer.echo(f"main Jacobian: {jdir}/ ({'reusing' if (jdir / 'summary.json').exists() else 'computing'})")
+    dec = C.jacobian_svd(setup.recipe, setup.theta0, jdir, thresholds=th, chunk_size=chunk,
+                         memory_budget_gb=float(_group(ctx, "memory_gb", 2.0)),
+                         eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)})
+    return setup, dec, th, kw
+
+
+def _run(fn: Callable[[], dict], out: Path) -> dict:
+    try:
+        summary = fn()
+    except (FileExistsError, ValueError, RuntimeError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    f = summary.get("finding")
+    if f:
+        mark = {True: "holds", False: "does NOT hold", None: "undecided"}[f.get("holds")]
+        typer.echo(f"finding ({mark}): {f['claim']}\n  {f['statement']}")
+    typer.echo(f"results in {out}/ (open report.html)")
+    return summary
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from exc
+
+
+OUT_HELP = "Results folder of this experiment."
 
 
 def register(app: typer.Typer) -> None:
     """Add the experiment subcommands to the ``trainmap jacobian`` group."""
-    return None
+
+    @app.command("perturb")
+    def perturb(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_perturb"), help=OUT_HELP),
+        eps_min: float = typer.Option(1e-3, help="Smallest ε."),
+        eps_max: float = typer.Option(1e3, help="Largest ε."),
+        points: int = typer.Option(31, help="Number of log-spaced ε."),
+        tol: float = typer.Option(0.1, help="Relative error at which linearity counts as failed."),
+        resume: bool = typer.Option(False, help="Reuse a finished folder."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """1. Retrain from θ₀ + ε v_i (chaotic, bulk, stable v_i) and compare with ε σ_i u_i."""
+        import numpy as np
+
+        from trainmap.jacobian.experiments import perturbation_response
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            return perturbation_response(
+                setup.recipe, setup.theta0, out, dec=dec, eval_set=(setup.data.x_test, setup.data.y_test),
+                eps=np.logspace(np.log10(eps_min), np.log10(eps_max), points), tol=tol,
+                thresholds=th, resume=resume, overwrite=overwrite, config={"setup": kw})
+        _run(go, out)
+
+    @app.command("ood")
+    def ood(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_ood"), help=OUT_HELP),
+        n_probe: int = typer.Option(512, help="Training-subset and white-noise probe sizes."),
+        probe_seed: int = typer.Option(0, help="Seed of the probe sets."),
+        resume: bool = typer.Option(False, help="Reuse a finished folder."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """2. KL of every singular direction on train / test / white-noise / inverted inputs."""
+        from trainmap.jacobian.experiments import ood_effect, probe_sets
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            d = setup.data
+            probes = probe_sets(d.x_train, d.x_test, n_train=n_probe, n_noise=n_probe, seed=probe_seed)
+            return ood_effect(setup.recipe, setup.theta0, out, dec=dec, probes=probes, seed=probe_seed,
+                              thresholds=th, resume=resume, overwrite=overwrite, config={"setup": kw})
+        _run(go, out)
+
+    @app.command("restricted")
+    def restricted(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_restricted"), help=OUT_HELP),
+        ks: str = typer.Option("", help="Comma-separated k grid (default 16,64,256,1024,2048 + bulk size)."),
+        subspace_seed: int = typer.Option(0, help="Seed of the random subspaces."),
+        resume: bool = typer.Option(False, help="Reuse a finished folder."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """3. Train only in the span of k right singular vectors (bulk, complement, top, bottom, random)."""
+        from trainmap.jacobian.experiments import restricted_training
+
+        grid = _ints(ks, "--ks") or None
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            return restricted_training(setup.recipe, setup.theta0, out, dec=dec, ks=grid,
+                                       eval_set=(setup.data.x_test, setup.data.y_test),
+                                       seed=subspace_seed, thresholds=th, resume=resume,
+                                       overwrite=overwrite, config={"setup": kw})
+        _run(go, out)
+
+    @app.command("labels")
+    def labels(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_labels"), help=OUT_HELP),
+        variant_seed: int = typer.Option(0, help="Seed of the label permutation and of the noise inputs."),
+        resume: bool = typer.Option(False, help="Reuse finished Jacobians and results."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """4. Spectra for real data, shuffled labels and white-noise inputs (same θ₀); bulk overlaps."""
+        from trainmap.jacobian.experiments import data_label_dependence
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            return data_label_dependence(setup.recipe, setup.theta0, out, dec=dec, seed=variant_seed,
+                                         thresholds=th, resume=resume, overwrite=overwrite,
+                                         chunk_size=int(_group(ctx, "chunk_size", 0)) or None,
+                                         config={"setup": kw})
+        _run(go, out)
+
+    @app.command("seeds")
+    def seeds(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_seeds"), help=OUT_HELP),
+        seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (init and data order)."),
+        resume: bool = typer.Option(False, help="Reuse finished Jacobians and results."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """5. Overlap of bulk subspaces across seeds (principal angles vs the k/P baseline)."""
+        from trainmap.jacobian.experiments import seed_overlap
+        from trainmap.presets import digits_mlp
+
+        seed_list = _ints(seeds, "--seeds")
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            main_seed = int(kw.get("seed", 0))
+            return seed_overlap(lambda s: tuple(digits_mlp(**{**kw, "seed": s})[:2]), seed_list, out,
+                                known={main_seed: dec}, thresholds=th, resume=resume,
+                                overwrite=overwrite, chunk_size=int(_group(ctx, "chunk_size", 0)) or None,
+                                config={"setup": kw})
+        _run(go, out)
+
+    @app.command("change")
+    def change(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_change"), help=OUT_HELP),
+        resume: bool = typer.Option(False, help="Reuse a finished folder."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """6. The parameter change θ_T − θ₀ in the right-singular basis, per region."""
+        from trainmap.jacobian.experiments import parameter_change
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            return parameter_change(setup.recipe, setup.theta0, out, dec=dec, thresholds=th,
+                                    resume=resume, overwrite=overwrite, config={"setup": kw})
+        _run(go, out)
+
+    @app.command("linearized")
+    def linearized(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_linearized"), help=OUT_HELP),
+        n_inputs: int = typer.Option(512, help="Training inputs stacked into the output Jacobian (0: all)."),
+        points: int = typer.Option(5, help="Trajectory points in the trajectory Gram."),
+        resume: bool = typer.Option(False, help="Reuse a finished folder."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """7. Compare the bulk with the null space of the output Jacobian (θ₀ and trajectory)."""
+        from trainmap.jacobian.experiments import linearized_explanation
+
+        def go() -> dict:
+            setup, dec, th, kw = _context(ctx)
+            return linearized_explanation(setup.recipe, setup.theta0, out, dec=dec,
+                                          n_inputs=n_inputs or None, n_points=points, thresholds=th,
+                                          resume=resume, overwrite=overwrite, config={"setup": kw})
+        _run(go, out)
+
+    @app.command("reproduce")
+    def reproduce_cmd(
+        ctx: typer.Context,
+        out: Path = typer.Option(Path("results/jacobian_reproduce"), help="Results folder (sub-folder per experiment)."),
+        seeds: str = typer.Option("0,1,2", help="Seeds of the seed-overlap experiment."),
+        jacobian_dir: Optional[Path] = typer.Option(
+            None, help="A finished `trainmap jacobian` folder of the same setup to reuse."),
+        only: str = typer.Option("", help="Comma-separated subset of: change, perturbation, ood, "
+                                          "restricted, linearized, dependence, seeds."),
+        resume: bool = typer.Option(False, help="Continue a killed run: reuse finished Jacobians and experiments."),
+        overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
+    ) -> None:
+        """All seven experiments on the configured setup (no options: the reference run)."""
+        from trainmap.jacobian.experiments import reproduce
+        from trainmap.jacobian.experiments.reproduce import headline_table
+        from trainmap.jacobian.regions import Thresholds
+
+        seed_list = _ints(seeds, "--seeds")
+        subset = [s.strip() for s in only.split(",") if s.strip()] or None
+
+        def go() -> dict:
+            return reproduce(out, setup_kwargs=_setup_kwargs(ctx), seeds=seed_list,
+                             jacobian_dir=jacobian_dir, only=subset,
+                             thresholds=Thresholds.symmetric(float(_group(ctx, "bulk_tol", 0.1))),
+                             chunk_size=int(_group(ctx, "chunk_size", 0)) or None,
+                             memory_budget_gb=float(_group(ctx, "memory_gb", 2.0)),
+                             resume=resume, overwrite=overwrite, log=typer.echo)
+
+        s = _run(go, out)
+        typer.echo(headline_table(s))
+        typer.echo(f"{s['findings_hold']} findings hold, {s['findings_fail']} do not; "
+                   f"wall time {s['wall_time_s']['total']:.0f} s")

@@ -373,8 +373,7 @@ def loss_acc_many(recipe: Recipe, thetas: Any, x: Any, y: Any, block: int = 256)
     thetas = jnp.asarray(thetas)
     labels = jnp.asarray(y)
 
-    @jax.jit
-    def one_block(ths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def one_block(ths: jax.Array) -> tuple[jax.Array, jax.Array]:  # eager: small, no recompiles
         lg = logits_many(recipe.apply, recipe.unravel, ths, x)
         loss = jax.vmap(lambda z: cross_entropy(z, labels))(lg)
         acc = jnp.mean(jnp.argmax(lg, -1) == labels[None], axis=1)

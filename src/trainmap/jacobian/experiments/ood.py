@@ -91,9 +91,9 @@ def kl_per_direction(
         counts = jnp.asarray(sizes, dtype=dt)
 
         @jax.jit
-        def one_block(dirs: jax.Array) -> jax.Array:
+        def one_block(dirs: jax.Array, step: jax.Array) -> jax.Array:
             lq = jax.nn.log_softmax(C.logits_many(recipe.apply, recipe.unravel,
-                                                  th[None] + scale * dirs, x), axis=-1)
+                                                  th[None] + step * dirs, x), axis=-1)
             kl = jnp.sum(jnp.exp(base)[None] * (base[None] - lq), axis=-1)  # (b, N)
             kl = jnp.maximum(kl, 0.0)  # tiny negative values are rounding
             sums = jax.vmap(lambda k: jax.ops.segment_sum(k, seg, num_segments=len(names)))(kl)
@@ -109,7 +109,7 @@ def kl_per_direction(
             pad = b - chunk.shape[0]
             if pad:
                 chunk = jnp.concatenate([chunk, jnp.zeros((pad, D.shape[1]), dt)])
-            res.append(np.asarray(one_block(chunk))[: b - pad])
+            res.append(np.asarray(one_block(chunk, jnp.asarray(scale, dt)))[: b - pad])
     return np.concatenate(res) if res else np.zeros((0, len(names)))
 
 
