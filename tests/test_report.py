@@ -156,3 +156,23 @@ def test_cli_report_command(tmp_path):
     assert (d / "report.html").stat().st_size < 200_000
     res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert res.exit_code != 0 and "not a results folder" in res.output
+
+
+def test_plotly_pages_are_drawn_inline_and_replace_the_automatic_view(tmp_path):
+    import plotly.graph_objects as go
+
+    d = make_folder(tmp_path / "run", clean=True)
+    fig = go.Figure(go.Scatter3d(x=[0, 1], y=[1, 0], z=[0.5, float("nan")], mode="lines", name="ribbon"))
+    fig.write_html(d / "embedding3d.html", include_plotlyjs=True)
+    (d / "notes.html").write_text("<html><body>not a plot</body></html>")
+    views, problems = find_views(d, json.loads((d / "captions.json").read_text()))
+    assert problems == []
+    names = [v.name for v in views]
+    assert names == ["bars", "embedding3d", "eigenvalues"]  # inpca_embedding.npy: covered by embedding3d
+    page_view = views[1]
+    assert page_view.source == "embedding3d.html" and page_view.figure["data"][0]["name"] == "ribbon"
+    page = render_report(d)
+    assert 'href="embedding3d.html"' in page and page.count("Plotly.newPlot(") == 3
+    (d / "broken.html").write_text("<script>Plotly.newPlot('x', [{oops</script>")
+    _, problems = find_views(d, {})
+    assert problems and "broken.html" in problems[0]

@@ -192,10 +192,12 @@ def _interactive_html(views: list) -> str:
     for i, v in enumerate(views):
         div = f"plotly-{i}"
         fig = _clean(v.figure)
-        layout = {"template": "plotly_white", **fig.get("layout", {})}
+        layout = fig.get("layout", {})
+        link = (f' Also as a standalone page: <a href="{html.escape(v.source)}">{html.escape(v.source)}</a>.'
+                if v.source else "")
         parts.append(
             f'<figure class="interactive"><div id="{div}" class="plotly-view"></div>'
-            f"<figcaption><b>{html.escape(v.name)}</b> (interactive): {html.escape(v.caption)}</figcaption></figure>"
+            f"<figcaption><b>{html.escape(v.name)}</b> (interactive): {html.escape(v.caption)}{link}</figcaption></figure>"
             f"<script>(function(){{var el=document.getElementById('{div}');"
             f"try{{Plotly.newPlot(el,{_script_json(fig.get('data', []))},{_script_json(layout)},"
             f"{{responsive:true,displaylogo:false}});}}catch(e){{el.textContent='This view could not be drawn: '+e;"

@@ -1,19 +1,23 @@
 """Interactive (plotly) views of a results folder, inlined into ``report.html``.
 
-The report finds interactive views in three ways, in this order:
+The report finds interactive views in four ways, in this order:
 
 1. **Explicit figure specs.** Any ``NAME.plotly.json`` in the folder (a plotly figure as JSON,
    written with :func:`save_plotly`) is shown as it is; its caption is ``captions.json["NAME.plotly.json"]``.
-2. **Koopman eigenvalues.** Every complex ``.npy`` array whose name contains ``eigenvalues``
+2. **Standalone plotly pages.** Any other ``NAME.html`` written by plotly (``fig.write_html`` /
+   ``fig.to_html``) is read back and its figure drawn inline (the page is also linked); caption
+   ``captions.json["NAME.html"]``.
+3. **Koopman eigenvalues.** Every complex ``.npy`` array whose name contains ``eigenvalues``
    (for example ``eigenvalues_h5.npy``, shape ``(r,)`` or ``(runs, r)`` padded with NaN) becomes one
    trace of a single complex-plane plot with the unit circle drawn in.
-3. **Embeddings.** Every real ``.npy`` array whose name contains ``embedding`` (for example the
+4. **Embeddings.** Every real ``.npy`` array whose name contains ``embedding`` (for example the
    InPCA coordinates ``inpca_embedding.npy``) with shape ``(N, k)`` or ``(runs, T, k)``, ``k ≥ 2``,
    becomes a 3-D view of its first three components (2-D when ``k = 2``); a ``(runs, T, k)`` array
    is drawn as one line per run, coloured by time.
 
-A lens can suppress the automatic views 2 and 3 for its folder by listing array names under
-``"interactive_skip"`` in captions.json, and caption them with keys ``"eigenvalues"`` and
+The automatic views 3 and 4 are left out when an explicit view (1 or 2) already has
+"eigenvalue" or "embedding" in its name. A lens can also suppress them by listing array names
+under ``"interactive_skip"`` in captions.json, and caption them with keys ``"eigenvalues"`` and
 ``"embedding"`` (or ``"NAME.npy"``).
 
 Static PNGs are always kept: the interactive views are for looking, the PNGs for papers.
@@ -31,6 +35,7 @@ import numpy as np
 from trainmap._io import atomic_write_bytes, load_npy
 
 PLOTLY_SUFFIX = ".plotly.json"
+REPORT_NAME = "report.html"
 MAX_POINTS = 20_000  # per trace; larger arrays are subsampled evenly (the PNGs show everything)
 
 DEFAULT_CAPTIONS = {
@@ -44,11 +49,41 @@ DEFAULT_CAPTIONS = {
 
 @dataclass(frozen=True)
 class InteractiveView:
-    """One interactive figure: ``figure`` is a plotly figure dict ({"data": [...], "layout": {...}})."""
+    """One interactive figure: ``figure`` is a plotly figure dict ({"data": [...], "layout": {...}}).
+
+    ``source`` names the standalone file the view was read from, if any (the report links it).
+    """
 
     name: str
     caption: str
     figure: dict
+    source: str | None = None
+
+
+def figure_from_plotly_html(text: str) -> dict:
+    """The figure of a page written by plotly's ``to_html``/``write_html`` (its first ``Plotly.newPlot``).
+
+    Raises:
+        ValueError: when the page holds no plotly figure that can be read back.
+    """
+    i = text.find("Plotly.newPlot(")
+    if i < 0:
+        raise ValueError("no Plotly.newPlot call in the page")
+    dec = json.JSONDecoder()
+    pos = i + len("Plotly.newPlot(")
+    args = []
+    for _ in range(3):  # div id, data, layout
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        try:
+            value, pos = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the plotly call could not be read back ({exc.msg})") from exc
+        args.append(value)
+    _, data, layout = args
+    if not isinstance(data, list) or not isinstance(layout, dict):
+        raise ValueError("the plotly call does not hold (data, layout)")
+    return {"data": data, "layout": layout}
 
 
 def save_plotly(fig: Any, run_dir: str | Path, name: str, caption: str | None = None) -> Path:
@@ -89,6 +124,13 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         return None
 
 
+def _template() -> dict:
+    """plotly's "plotly_white" template as plain JSON (plotly.js does not know template names)."""
+    import plotly.io as pio
+
+    return json.loads(json.dumps(pio.templates["plotly_white"].to_plotly_json()))
+
+
 def _subsample(n: int, limit: int = MAX_POINTS) -> np.ndarray:
     return np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).round().astype(int)
 
@@ -125,7 +167,7 @@ def eigenvalue_figure(groups: Mapping[str, np.ndarray], title: str = "") -> dict
                              "<br>angle %{customdata[1]:.2f}°<extra>%{fullData.name}</extra>",
             "marker": {"size": 6, "opacity": 0.7},
         })
-    layout = {"title": {"text": title}, "xaxis": {"title": {"text": "Re λ"}, "zeroline": True},
+    layout = {"template": _template(), "title": {"text": title}, "xaxis": {"title": {"text": "Re λ"}, "zeroline": True},
               "yaxis": {"title": {"text": "Im λ"}, "scaleanchor": "x", "scaleratio": 1},
               "height": 560, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "legend": {"orientation": "v"}}
     return {"data": data, "layout": layout}
@@ -170,7 +212,7 @@ def embedding_figure(emb: np.ndarray, title: str = "") -> dict:
                                     "showscale": r == 0, "colorbar": {"title": {"text": "step"}}},
                          "line": {"width": 2}})
     axes = {f"{a}axis": {"title": {"text": f"component {i + 1}"}} for i, a in enumerate("xyz"[: 3 if three else 2])}
-    layout: dict[str, Any] = {"title": {"text": title}, "height": 620, "margin": {"l": 0, "r": 0, "t": 50, "b": 0}}
+    layout: dict[str, Any] = {"template": _template(), "title": {"text": title}, "height": 620, "margin": {"l": 0, "r": 0, "t": 50, "b": 0}}
     if three:
         layout["scene"] = {**axes, "aspectmode": "data"}
     else:
@@ -205,22 +247,39 @@ def find_views(run_dir: str | Path, captions: Mapping[str, Any] | None = None) -
         name = path.name[: -len(PLOTLY_SUFFIX)]
         views.append(InteractiveView(name, str(captions.get(path.name, name.replace("_", " "))), fig))
 
+    for path in sorted(run_dir.glob("*.html")):
+        if path.name in (REPORT_NAME,) or path.name.startswith(".") or path.name in skip:
+            continue
+        try:
+            text = path.read_text(errors="replace")
+            if "Plotly.newPlot(" not in text:
+                continue  # some other page: not ours to show
+            fig = figure_from_plotly_html(text)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{path.name} could not be shown inline: {exc}")
+            continue
+        views.append(InteractiveView(path.stem, str(captions.get(path.name, path.stem.replace("_", " "))),
+                                     fig, source=path.name))
+    explicit = " ".join(v.name.lower() for v in views)
+
     eig: dict[str, np.ndarray] = {}
     embeddings: list[tuple[Path, np.ndarray]] = []
     for path in sorted(run_dir.glob("*.npy")):
         if path.name in skip or path.stem in skip:
             continue
         lower = path.stem.lower()
-        if "eigenvalues" not in lower and "embedding" not in lower:
+        want_eig = "eigenvalues" in lower and "eigenvalue" not in explicit
+        want_emb = "embedding" in lower and "embedding" not in explicit
+        if not (want_eig or want_emb):
             continue
         head = _npy_header(path)
         if head is None:
             problems.append(f"{path.name} is not a readable .npy array")
             continue
         shape, dtype = head
-        if "eigenvalues" in lower and dtype.kind == "c":
+        if want_eig and dtype.kind == "c":
             eig[_label(path.stem, "eigenvalues")] = load_npy(path)
-        elif "embedding" in lower and dtype.kind == "f" and len(shape) in (2, 3) and shape[-1] >= 2:
+        elif want_emb and dtype.kind == "f" and len(shape) in (2, 3) and shape[-1] >= 2:
             embeddings.append((path, load_npy(path)))
 
     if eig:
