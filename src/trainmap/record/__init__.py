@@ -13,3 +13,16 @@ __all__ = [
     "ArrayRecorder", "PredictionTrajectory", "Trajectory", "from_arrays", "open_store",
     "pytree_layout", "record_recipe", "save_store", "stack_trajectories",
 ]
+
+from trainmap.record.predictions import (  # noqa: E402
+    GaussianPredictionTrajectory,
+    TorchPredictionRecorder,
+    log_spaced_steps,
+    predictions_from_arrays,
+    record_recipe_predictions,
+)
+
+__all__ += [
+    "GaussianPredictionTrajectory", "TorchPredictionRecorder", "log_spaced_steps",
+    "predictions_from_arrays", "record_recipe_predictions",
+]
