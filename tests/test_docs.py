@@ -77,3 +77,12 @@ def test_tutorial_pytorch_runs(tmp_path, monkeypatch):
     assert ns["summary"]["num_params"] == 310
     for name in ("slow.zarr", "fast.zarr", "predictions.zarr", "jacobian/report.html"):
         assert (tmp_path / "results" / "tutorial-torch" / name).exists(), name
+
+
+def test_sphinx_roles_become_plain_code():
+    spec = importlib.util.spec_from_file_location("roles", DOCS / "hooks" / "roles.py")
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    html = "See :func:<code>~trainmap.recipe.make_recipe</code> and :class:<code>Recipe</code>; a:b:<code>x</code>."
+    assert roles.on_page_content(html) == ("See <code>make_recipe</code> and <code>Recipe</code>; "
+                                           "a:b:<code>x</code>.")
