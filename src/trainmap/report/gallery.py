@@ -59,6 +59,12 @@ ITEMS: tuple[GalleryItem, ...] = (
     GalleryItem("koopman-cnn-early", ("koopman", "cnn-early"), "results/koopman-cnn-early", "window_heatmap.png",
                 "koopman_cnn_early_windows.png",
                 "Early CNN training: distances between the spectra of successive windows mark transitions"),
+    GalleryItem("ribbon-linear", ("ribbon", "linear"), "results/ribbon-linear", "linear_spectrum.png",
+                "ribbon_linear_spectrum.png",
+                "Linear models: closed-form and trained InPCA spectra agree; the ensemble forms a thin ribbon"),
+    GalleryItem("ribbon-deepnets", ("ribbon", "deepnets"), "results/ribbon-deepnets", "embedding3d_config.png",
+                "ribbon_deepnets_embedding.png",
+                "Many digits classifiers in one InPCA embedding: the training trajectories share a low-dimensional manifold"),
 )
 
 
