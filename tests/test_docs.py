@@ -74,6 +74,7 @@ def test_tutorial_pytorch_runs(tmp_path, monkeypatch):
     ns = _run_blocks("tutorial_pytorch.md", tmp_path, monkeypatch)
     assert ns["slow"].shape == (4, 31, 170) and ns["preds"].shape == (8, 31, 32, 10)
     assert 0 < ns["res"].test.p_value <= 1
+    assert ns["inpca"].embedding_.shape == (248, 3)
     assert ns["summary"]["num_params"] == 310
     for name in ("slow.zarr", "fast.zarr", "predictions.zarr", "jacobian/report.html"):
         assert (tmp_path / "results" / "tutorial-torch" / name).exists(), name

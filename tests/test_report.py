@@ -88,7 +88,7 @@ def test_warnings_from_the_lens_and_derived(tmp_path):
     page = render_report(d)
     warn = page.split('id="warnings"')[1].split("</div>")[0]
     assert "lens says: 3 values near a boundary" in warn
-    assert "Non-finite" in warn and "distance" in warn
+    assert "NaN, infinite or missing: distance" in warn
     assert "dmd.converged is false" in warn
     assert "train_losses.npy" in warn and "diverged" in warn
     assert FLOAT32_NOTE.split(":")[0] in page

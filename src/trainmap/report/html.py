@@ -105,8 +105,8 @@ def derived_warnings(run_dir: Path, config: Any, summary: Any) -> tuple[list[str
         nonfinite = [k for k, v in flat.items() if v is None]
         if nonfinite:
             shown = ", ".join(nonfinite[:6]) + (f" and {len(nonfinite) - 6} more" if len(nonfinite) > 6 else "")
-            warns.append(f"Non-finite (NaN or infinite) headline numbers: {shown}. The training may "
-                         "have diverged or an estimate failed.")
+            warns.append(f"Headline numbers that are NaN, infinite or missing: {shown}. Unless the lens "
+                         "leaves them empty on purpose, the training diverged or an estimate failed.")
         for k, v in flat.items():
             leaf = k.rsplit(".", 1)[-1].lower()
             if leaf in ("converged", "is_converged") and v is False:
