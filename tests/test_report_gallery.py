@@ -29,6 +29,11 @@ def test_regenerate_copies_existing_figures_and_skips_missing_commands(tmp_path)
     assert any("not available" in line for line in lines)
 
 
+def test_no_run_skips_missing_folders(tmp_path):
+    assert main(["--root", str(tmp_path), "--only", "jacobian", "--no-run"]) == 0
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "results").exists()
+
+
 def test_list_mode_changes_nothing(tmp_path):
     assert main(["--root", str(tmp_path), "--only", "jacobian", "--list"]) == 0
     assert not (tmp_path / "docs").exists() and not (tmp_path / "results").exists()

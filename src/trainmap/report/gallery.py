@@ -6,6 +6,7 @@ Usage (from the repository root)::
                                                  # running the reference command where one is missing
     python -m trainmap.report.gallery --list     # what would be done, without doing it
     python -m trainmap.report.gallery --rerun    # rerun every reference command first
+    python -m trainmap.report.gallery --no-run   # only copy figures that already exist
     python -m trainmap.report.gallery --only jacobian --only koopman-omd-ogd
 
 Each gallery entry names a ``trainmap`` command (the paper's reference experiment of a lens, run
@@ -75,7 +76,7 @@ def _has_command(args: Sequence[str]) -> bool:
 
 
 def regenerate(items: Sequence[GalleryItem] = ITEMS, *, root: str | Path = ".", img_dir: str | Path = "docs/img",
-               rerun: bool = False, dry_run: bool = False, echo=print) -> dict[str, str]:
+               rerun: bool = False, dry_run: bool = False, run: bool = True, echo=print) -> dict[str, str]:
     """Copy (running first where needed) each item's reference figure into ``img_dir``.
 
     Args:
@@ -84,11 +85,12 @@ def regenerate(items: Sequence[GalleryItem] = ITEMS, *, root: str | Path = ".", 
         img_dir: where the images go (relative to ``root`` unless absolute).
         rerun: run every reference command even when its figure exists.
         dry_run: only report what would be done.
+        run: run missing reference commands (False: skip entries without a results folder).
         echo: a print-like function for progress lines.
 
     Returns:
         ``{key: status}`` with status ``"copied"``, ``"ran+copied"``, ``"would copy"``,
-        ``"would run"``, ``"no command"`` or ``"failed: ..."``.
+        ``"would run"``, ``"not run"``, ``"no command"`` or ``"failed: ..."``.
     """
     root = Path(root)
     img = Path(img_dir) if Path(img_dir).is_absolute() else root / img_dir
@@ -97,6 +99,10 @@ def regenerate(items: Sequence[GalleryItem] = ITEMS, *, root: str | Path = ".", 
         folder = root / it.folder
         src = folder / it.figure
         need_run = rerun or not src.exists()
+        if need_run and not run:
+            status[it.key] = "not run"
+            echo(f"[{it.key}] skipped: {src} is missing (run `trainmap {' '.join(it.command)}`)")
+            continue
         if need_run and not _has_command(it.command):
             status[it.key] = "no command"
             echo(f"[{it.key}] skipped: `trainmap {' '.join(it.command)}` is not available")
@@ -132,10 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], choices=[it.key for it in ITEMS],
                     help="regenerate only this entry (repeatable)")
     ap.add_argument("--rerun", action="store_true", help="rerun every reference command")
+    ap.add_argument("--no-run", action="store_true", help="only copy figures whose results folder exists")
     ap.add_argument("--list", action="store_true", help="show what would be done and exit")
     args = ap.parse_args(argv)
     items = [it for it in ITEMS if not args.only or it.key in args.only]
-    status = regenerate(items, root=args.root, img_dir=args.img_dir, rerun=args.rerun, dry_run=args.list)
+    status = regenerate(items, root=args.root, img_dir=args.img_dir, rerun=args.rerun, dry_run=args.list,
+                        run=not args.no_run)
     return 1 if any(s.startswith("failed") for s in status.values()) else 0
 
 
