@@ -29,7 +29,7 @@ from trainmap.jacobian.experiments.restricted import restricted_training
 from trainmap.jacobian.experiments.seeds import seed_overlap
 from trainmap.jacobian.regions import JacobianSVD, Thresholds, region_mask
 
-EXPERIMENTS = ("change", "perturbation", "ood", "restricted", "linearized", "dependence", "seeds")
+EXPERIMENTS = ("change", "perturbation", "ood", "dependence", "seeds", "restricted", "linearized")
 
 KEY_FIGURES = {  # top-level copy name: (sub-folder, figure, caption)
     "0_spectrum.png": ("jacobians/seed0", "spectrum.png", "Singular values of J (reference run)."),
@@ -61,6 +61,7 @@ def _headline(name: str, s: Mapping[str, Any]) -> dict[str, Any]:
     if name == "restricted":
         ch = s["choices"]
         return {"ks": s["ks"], "max_k": s["max_k"], "bulk_count": s["bulk_count"],
+                "bulk_stays_up_to_k": s.get("bulk_stays_up_to_k"),
                 "test_loss_initial": s["test_loss_initial"],
                 "test_loss_unrestricted": s["test_loss_unrestricted"],
                 "improvement_at_max_k": {c: v["improvement_at_max_k"] for c, v in ch.items()},
