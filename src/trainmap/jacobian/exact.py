@@ -1,11 +1,13 @@
-"""The exact training Jacobian J = ∂θ_T/∂θ₀ by forward mode, in resumable chunks of columns.
+"""The exact training Jacobian J = ∂θ_T/∂θ₀, in resumable chunks of columns (or rows).
 
 Column j of J is the Jacobian-vector product of the whole training run with the basis vector
-e_j. Columns are computed in chunks of K at a time (a compiled ``vmap`` of ``jvp`` through the
-``lax.scan`` training loop; the primal trajectory is computed once per chunk and shared by its K
-tangents). Each finished chunk is written to disk with a checksum, so an interrupted computation
-resumes where it stopped and — since every chunk is recomputed by the same compiled program —
-yields the bit-identical matrix.
+e_j. By default training runs once and the linearisation of every step is stored
+(:mod:`trainmap.jacobian.engine`); each chunk of K directions then runs only the linear tangent
+recursion through the stored steps, split over all JAX devices. When the stored steps would not
+fit the memory budget, each chunk is a compiled ``vmap`` of ``jvp`` through the whole ``lax.scan``
+training loop instead (the primal is then recomputed per chunk). Each finished chunk is written to
+disk with a checksum, so an interrupted computation resumes where it stopped and — since every
+chunk is recomputed by the same compiled program — yields the bit-identical matrix.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap.jacobian import engine as _engine
 from trainmap.recipe import Recipe, TrainingDivergedError
 
 MANIFEST = "manifest.json"
@@ -99,8 +102,9 @@ def choose_chunk_size(
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def fingerprint(recipe: Recipe, theta0: np.ndarray, dtype: np.dtype, chunk: int) -> str:
-    """A hash of everything that determines the chunks: θ₀, data order, data, config, dtype, K."""
+def fingerprint(recipe: Recipe, theta0: np.ndarray, dtype: np.dtype, chunk: int, engine: str = "") -> str:
+    """A hash of everything that determines the chunks: θ₀, data order, data, config, dtype, K
+    and (``engine``) the program that computes them (mode, primal sharing, device count)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(theta0).tobytes())
     h.update(np.ascontiguousarray(np.asarray(recipe.batches)).tobytes())
@@ -108,6 +112,8 @@ def fingerprint(recipe: Recipe, theta0: np.ndarray, dtype: np.dtype, chunk: int)
     h.update(np.ascontiguousarray(np.asarray(recipe.y)).tobytes())
     h.update(repr(sorted(recipe.config.items())).encode())
     h.update(f"{dtype.str}|{chunk}|{recipe.num_params}".encode())
+    if engine:
+        h.update(engine.encode())
     return h.hexdigest()
 
 
@@ -119,7 +125,8 @@ def _sha(a: np.ndarray) -> str:
 class ChunkStore:
     """Finished chunks of J's columns on disk: ``chunk_00000.npy`` ... plus ``manifest.json``.
 
-    Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J.
+    Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J (forward mode)
+    or rows [i·K, i·K + K_i) of J (reverse mode; the fingerprint records the mode).
     """
 
     folder: Path
@@ -195,6 +202,93 @@ class ChunkStore:
 
 
 # ----------------------------------------------------------------------------- engine
+MODES = ("auto", "forward", "reverse")
+PRIMALS = ("auto", "shared", "per_chunk")
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """How :func:`exact_jacobian` computes J (see :func:`plan_engine`).
+
+    Attributes:
+        mode: ``"forward"`` (chunks of columns, Jacobian-vector products) or ``"reverse"``
+            (chunks of rows, vector-Jacobian products through the stored steps).
+        primal: ``"shared"`` (training runs once; its step linearisations are stored) or
+            ``"per_chunk"`` (each chunk differentiates the whole training run, primal included).
+        chunk: K, directions per chunk (a multiple of the device count).
+        n_devices: devices each chunk is split over.
+        residual_bytes: memory of the stored step linearisations (0 for ``per_chunk``).
+    """
+
+    mode: str
+    primal: str
+    chunk: int
+    n_devices: int
+    residual_bytes: int
+
+    @property
+    def signature(self) -> str:
+        """What, besides the inputs, determines a chunk's bits (part of the checkpoint fingerprint)."""
+        return f"engine={self.mode}|{self.primal}|devices={self.n_devices}"
+
+
+def _jvp_columns(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
+    inner = jvp_columns_fn(train, num_params, chunk)
+    return lambda theta0, start: inner(theta0, start)
+
+
+def plan_engine(
+    recipe: Recipe,
+    theta0: jax.Array,
+    *,
+    mode: str = "auto",
+    primal: str = "auto",
+    chunk_size: int | None = None,
+    memory_budget_gb: float = 2.0,
+    devices: int | Sequence[Any] | None = None,
+) -> EnginePlan:
+    """Choose mode, primal sharing and chunk size (no Jacobian is computed).
+
+    * ``mode="auto"`` picks forward mode: J is square (P×P), so forward and reverse need the same
+      number of directions, and forward mode needs no transposed steps.
+    * ``primal="auto"`` stores the step linearisations when they take at most half of
+      ``memory_budget_gb``, else recomputes the primal per chunk (reverse mode needs them stored).
+    * The default chunk keeps each device's tangents near :data:`engine.CACHE_BYTES` (at most 128
+      per device) for the shared primal, or is the largest that fits the budget (at most 128)
+      otherwise; either way it is rounded up to a multiple of the device count.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if primal not in PRIMALS:
+        raise ValueError(f"primal must be one of {PRIMALS}, got {primal!r}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    budget = memory_budget_gb * 2**30
+    n = len(_engine.resolve_devices(devices))
+    P = recipe.num_params
+    mode = "forward" if mode == "auto" else mode
+    rb = 0
+    if primal != "per_chunk":
+        rb = _engine.residual_bytes(recipe, theta0)
+        if primal == "auto":
+            primal = "shared" if rb <= budget / 2 else "per_chunk"
+    if mode == "reverse" and primal != "shared":
+        raise ValueError("reverse mode runs through the stored step linearisations (primal='shared'); "
+                         f"they need {rb / 2**20:.0f} MiB: raise memory_budget_gb or use mode='forward'")
+    if primal == "per_chunk":
+        rb = 0
+    if chunk_size:
+        K = min(int(chunk_size), P)
+    elif primal == "shared":
+        floats = sum(int(np.prod(jnp.shape(x))) for x in jax.tree_util.tree_leaves(
+            recipe._init_state(theta0)) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact))
+        K = min(_engine.cache_chunk(P, floats, theta0.dtype.itemsize, n), P)
+    else:
+        K = choose_chunk_size(recipe.train, theta0, budget)
+    K = -(-K // n) * n
+    return EnginePlan(mode, primal, K, n, rb)
+
+
 def exact_jacobian(
     recipe: Recipe,
     theta0: Any,
@@ -207,6 +301,9 @@ def exact_jacobian(
     progress: bool = True,
     stop_after: int | None = None,
     keep_checkpoint: bool = False,
+    mode: str = "auto",
+    primal: str = "auto",
+    devices: int | Sequence[Any] | None = None,
 ) -> np.ndarray:
     """The exact training Jacobian J[i, j] = ∂θ_T[i] / ∂θ₀[j].
 
@@ -214,15 +311,22 @@ def exact_jacobian(
         recipe: the training run.
         theta0: (P,) initial flat parameters.
         dtype: float32 (default) or float64; float64 enables JAX's x64 mode for this call only.
-        chunk_size: tangents per compiled chunk (K); default: the largest that fits
-            ``memory_budget_gb`` (XLA's memory analysis), at most 128.
-        memory_budget_gb: working-set budget for one chunk, in GiB.
+        chunk_size: directions per compiled chunk (K), rounded up to a multiple of the device
+            count; default: see :func:`plan_engine`.
+        memory_budget_gb: budget, in GiB, for the stored step linearisations plus one chunk.
         checkpoint_dir: folder for finished chunks; None keeps everything in memory.
-        resume: continue the chunks already in ``checkpoint_dir`` (must be the same computation).
+        resume: continue the chunks already in ``checkpoint_dir`` (must be the same computation,
+            engine settings included).
         progress: show a progress bar over chunks.
         stop_after: compute at most this many new chunks, then raise ``KeyboardInterrupt`` as a
             user's Ctrl-C would (used to test resumption).
         keep_checkpoint: keep the chunk files after success (default: delete them).
+        mode: ``"auto"`` (forward), ``"forward"`` (chunks of columns) or ``"reverse"`` (chunks of
+            rows through the transposed steps).
+        primal: ``"auto"``, ``"shared"`` (train once, store every step's linearisation, run only
+            the tangent recursion per chunk) or ``"per_chunk"`` (``vmap(jvp(train))`` per chunk).
+        devices: split each chunk's directions over these JAX devices: None (all devices of the
+            default backend), a count, or a list of devices.
 
     Returns:
         J: (P, P) NumPy array of ``dtype``.
@@ -235,36 +339,63 @@ def exact_jacobian(
     with precision_context(dt):
         theta0 = recipe._check_theta(jnp.asarray(theta0, dtype=dt))
         P = recipe.num_params
-        K = int(chunk_size) if chunk_size else choose_chunk_size(
-            recipe.train, theta0, memory_budget_gb * 2**30)
-        if K < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        K = min(K, P)
+        plan = plan_engine(recipe, theta0, mode=mode, primal=primal, chunk_size=chunk_size,
+                           memory_budget_gb=memory_budget_gb, devices=devices)
+        K = plan.chunk
         store = None
         if checkpoint_dir is not None:
             store = ChunkStore(Path(checkpoint_dir), P, K, dt,
-                               fingerprint(recipe, np.asarray(theta0), dt, K))
+                               fingerprint(recipe, np.asarray(theta0), dt, K, plan.signature))
             store.open(resume)
             if resume:  # a resumed run keeps the chunk size it started with
                 K = store.chunk
         n_chunks = -(-P // K)
         J = np.empty((P, P), dtype=dt)
+        rows_of_J = plan.mode == "reverse"
+
+        def put(i: int, block: np.ndarray) -> None:
+            if rows_of_J:
+                J[i * K: i * K + block.shape[0], :] = block
+            else:
+                J[:, i * K: i * K + block.shape[0]] = block.T
+
         done = store.done() if store is not None else {}
         for i, checksum in sorted(done.items()):
-            block = store.load(i, checksum)  # type: ignore[union-attr]
-            J[:, i * K: i * K + block.shape[0]] = block.T
+            put(i, store.load(i, checksum))  # type: ignore[union-attr]
         todo = [i for i in range(n_chunks) if i not in done]
-        fn = jvp_columns_fn(recipe.train, P, K) if todo else None
+        if not todo:
+            if store is not None and not keep_checkpoint:
+                shutil.rmtree(store.folder, ignore_errors=True)
+            return J
+        devs = _engine.resolve_devices(devices)
+        if plan.primal == "shared":
+            sp = _engine.shared_primal(recipe, theta0)
+            local = (lambda k: _engine.reverse_rows(sp, k)) if rows_of_J else \
+                (lambda k: _engine.forward_columns(sp, k))
+            program, arg = _engine.sharded(local, K, devs), sp.residuals
+        else:
+            program = _engine.sharded(lambda k: _jvp_columns(recipe.train, P, k), K, devs)
+            arg = theta0
+
+        def launch(i: int) -> jax.Array:  # asynchronous: returns before the chunk is computed
+            return program(arg, jnp.asarray(i * K, jnp.int32))
+
+        what = "rows" if rows_of_J else "columns"
         computed = 0
-        with _progress(progress, len(todo), f"Jacobian columns ({P} params, {K}/chunk)") as advance:
-            for i in todo:
+        label = f"Jacobian {what} ({P} params, {K}/chunk, {plan.mode}, {plan.primal} primal, {len(devs)} device(s))"
+        with _progress(progress, len(todo), label) as advance:
+            pending = launch(todo[0])
+            for n_i, i in enumerate(todo):
                 if stop_after is not None and computed >= stop_after:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (stop_after)")
+                current = pending
+                if n_i + 1 < len(todo) and (stop_after is None or computed + 1 < stop_after):
+                    pending = launch(todo[n_i + 1])  # queue the next chunk before reading this one
                 rows = min(K, P - i * K)
-                block = np.asarray(fn(theta0, jnp.asarray(i * K, jnp.int32)))[:rows]  # type: ignore[misc]
+                block = np.asarray(current)[:rows]
                 if not np.all(np.isfinite(block)):
                     raise TrainingDivergedError(
-                        f"columns {i * K}..{i * K + rows - 1} of J contain NaN/inf: training is not "
+                        f"{what} {i * K}..{i * K + rows - 1} of J contain NaN/inf: training is not "
                         "differentiable along those directions (diverged or overflowed). Lower the "
                         "learning rate or use float64. With Adam-like optimizers, parameters whose "
                         "gradient is exactly 0 make sqrt(v) non-differentiable: pass eps_root > 0, "
@@ -272,7 +403,7 @@ def exact_jacobian(
                     )
                 if store is not None:
                     store.save(i, block)
-                J[:, i * K: i * K + rows] = block.T
+                put(i, block)
                 computed += 1
                 advance()
         if store is not None and not keep_checkpoint:
