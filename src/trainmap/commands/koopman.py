@@ -202,8 +202,8 @@ def grokking_command(
     steps: int = typer.Option(100, help="early steps analysed"),
     delays: int = typer.Option(32, help="time delays"),
     long_p: int = typer.Option(59, help="modulus of the long runs (0 skips them)"),
-    long_steps: int = typer.Option(20000, help="maximum steps of the long runs"),
-    long_train_fraction: Optional[float] = typer.Option(None, help="train fraction of the long runs (default 0.3)"),
+    long_steps: int = typer.Option(3000, help="maximum steps of the long runs"),
+    long_train_fraction: float = typer.Option(0.6, help="train fraction of the long runs"),
     n_permutations: int = typer.Option(9999, help="permutations of the test"),
 ) -> None:
     """Transformers with and without grokking: early spectra, the test, and long runs."""

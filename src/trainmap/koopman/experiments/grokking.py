@@ -141,15 +141,17 @@ def long_run(data: ModularData, name: str, seed: int = 0, max_steps: int = 20000
 
 def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Sequence[int] = tuple(range(5)),
         steps: int = 100, pca: int = 10, delays: int = 32, rank: int = 10, d_model: int = 128,
-        n_heads: int = 4, d_mlp: int = 512, long_p: int | None = 59, long_train_fraction: float | None = None,
-        long_steps: int = 20000, eval_every: int = 100, n_permutations: int = 9999, alpha: float = 0.05,
+        n_heads: int = 4, d_mlp: int = 512, long_p: int | None = 59, long_train_fraction: float | None = 0.6,
+        long_steps: int = 3000, eval_every: int = 250, n_permutations: int = 9999, alpha: float = 0.05,
         data_seed: int = 0, progress: bool = True) -> dict:
     """Early-training spectra of both conditions, the permutation test, and the long runs.
 
     Args:
         long_p: modulus of the long runs (None or 0 skips them); a smaller p than ``p`` keeps
             the CPU time modest and is reported in the summary.
-        long_train_fraction: train fraction of the long runs (default: ``train_fraction``).
+        long_train_fraction: train fraction of the long runs (None: ``train_fraction``). The
+            default 0.6 with p = 59 groks within ~1,000 steps; with 0.3 the test accuracy is
+            still ~0.34 after 15,000 steps, too long for a CPU.
 
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
@@ -191,8 +193,8 @@ def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Seque
                                 d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, progress=progress)
         summary["long_run"] = {
             "p": long_p, "train_fraction": long_train_fraction or train_fraction,
-            "note": (f"long runs use p={long_p} instead of {p} to fit a CPU budget" if long_p != p
-                     else "long runs use the same p"),
+            "note": (f"long runs use p={long_p} and train fraction {long_train_fraction or train_fraction} "
+                     f"instead of p={p} and {train_fraction}, to grok within a CPU budget"),
             **{f"{c}_final_test_accuracy": float(longs[c]["test_acc"][-1]) for c in CONDITIONS},
             **{f"{c}_final_train_accuracy": float(longs[c]["train_acc"][-1]) for c in CONDITIONS},
             **{f"{c}_steps": int(longs[c]["steps"][-1]) for c in CONDITIONS},

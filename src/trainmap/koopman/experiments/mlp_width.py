@@ -86,8 +86,12 @@ def train_width(data: Dataset, width: int, seeds: Sequence[int], steps: int, lr:
 def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[int] = tuple(range(10)),
         steps: int = 1000, lr: float = 0.1, batch_size: int = 60, embed_dim: int = 400, rank: int = 10,
         mnist: str | None = None, n_permutations: int = 9999, alpha: float = 0.05,
-        progress: bool = True) -> dict:
+        control_delays: int | None = 3, progress: bool = True) -> dict:
     """Train every width for every seed, fit one spectrum per run, test all width pairs.
+
+    ``control_delays`` repeats the tests with the same number of delays for every width (the
+    scaled delays of the main analysis change the embedding together with the width); None
+    skips the control.
 
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
@@ -101,12 +105,15 @@ def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[in
     pooled: dict[int, np.ndarray] = {}
     losses: dict[int, np.ndarray] = {}
     accs: dict[int, np.ndarray] = {}
+    control: dict[int, list[np.ndarray]] = {}
     delays = {h: delays_for(h, data.num_classes, embed_dim) for h in widths}
     for h in progress_iter(list(widths), "training widths", progress):
         recs, loss, acc = train_width(data, h, seeds, steps, lr, batch_size)
         losses[h], accs[h] = loss, acc
         spectra[h] = [DMD(rank=rank, delays=delays[h]).fit(recs[i]).eigenvalues_ for i in range(len(seeds))]
         pooled[h] = DMD(rank=rank, delays=delays[h]).fit(recs).eigenvalues_
+        if control_delays is not None:
+            control[h] = [DMD(rank=rank, delays=control_delays).fit(recs[i]).eigenvalues_ for i in range(len(seeds))]
     all_spec = [s for h in widths for s in spectra[h]]
     labels = [f"h={h}" for h in widths for _ in seeds]
     dmat = distance_matrix(all_spec)
@@ -126,6 +133,17 @@ def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[in
     for k, t in tests.items():
         summary[k] = summarize_test(t)
     summary["test_rule"] = next(iter(tests.values())).rule
+    if control:
+        cspec = [s_ for h in widths for s_ in control[h]]
+        cmat = distance_matrix(cspec)
+        ctrl = {}
+        for a, b in itertools.combinations(widths, 2):
+            idx = [i for i, lab in enumerate(labels) if lab in (f"h={a}", f"h={b}")]
+            t = permutation_test(cmat[np.ix_(idx, idx)], [labels[i] for i in idx],
+                                 n_permutations=n_permutations, seed=0, alpha=alpha)
+            ctrl[f"h={a} vs h={b}"] = {"p_value": t.p_value, "between_mean": t.between_mean,
+                                       "within_mean": t.within_mean, "distinguishable": t.distinguishable}
+        summary[f"equal_delays_control (delays={control_delays} for every width)"] = ctrl
     summary["warnings"] = []
     if out is not None:
         _write(out, dict(widths=list(widths), seeds=list(seeds), steps=steps, lr=lr, batch_size=batch_size,
