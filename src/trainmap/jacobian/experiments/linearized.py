@@ -40,6 +40,16 @@ CAPTIONS = {
 }
 
 
+def _jacobian_fn(recipe: Recipe, center: bool) -> Any:
+    """Jitted ``(theta (P,), x (b, ...)) -> (b, C, P)`` output Jacobians (built once, reused)."""
+
+    def f(t: jax.Array, xi: jax.Array) -> jax.Array:
+        o = recipe.apply(recipe.unravel(t), xi[None])[0]
+        return o - jnp.mean(o) if center else o
+
+    return jax.jit(jax.vmap(jax.jacrev(f), in_axes=(None, 0)))
+
+
 def output_gram(
     recipe: Recipe,
     theta: Any,
@@ -48,6 +58,7 @@ def output_gram(
     center: bool = True,
     block: int = 64,
     dtype: Any = np.float64,
+    _fn: Any = None,
 ) -> np.ndarray:
     """G = FᵀF with F the stacked output Jacobian ∂f(x_n)/∂θ over the inputs x.
 
@@ -67,12 +78,7 @@ def output_gram(
         xs = jnp.asarray(x, dtype=dt)
         N = xs.shape[0]
         b = max(1, min(block, N))
-
-        def f(t: jax.Array, xi: jax.Array) -> jax.Array:
-            o = recipe.apply(recipe.unravel(t), xi[None])[0]
-            return o - jnp.mean(o) if center else o
-
-        jac = jax.jit(jax.vmap(jax.jacrev(f), in_axes=(None, 0)))
+        jac = _fn if _fn is not None else _jacobian_fn(recipe, center)
         G = np.zeros((th.shape[0], th.shape[0]), dtype=dt)
         for s in range(0, N, b):
             chunk = xs[s: s + b]
@@ -152,8 +158,9 @@ def linearized_explanation(
     points = trajectory_points(recipe, theta0, n_points)
     grams: dict[str, np.ndarray] = {}
     G_traj = np.zeros((P, P))
+    fn = _jacobian_fn(recipe, center)
     for i in C.progress_iter(range(len(points)), "output Gram along the trajectory", progress):
-        G = output_gram(recipe, points[i], x, center=center)
+        G = output_gram(recipe, points[i], x, center=center, _fn=fn)
         if i == 0:
             grams["theta0"] = G.copy()
         tr = np.trace(G)
