@@ -176,3 +176,11 @@ def test_plotly_pages_are_drawn_inline_and_replace_the_automatic_view(tmp_path):
     (d / "broken.html").write_text("<script>Plotly.newPlot('x', [{oops</script>")
     _, problems = find_views(d, {})
     assert problems and "broken.html" in problems[0]
+
+
+def test_nested_results_folders_are_linked(tmp_path):
+    top = make_folder(tmp_path / "reproduce", clean=True)
+    for name in ("perturb", "ood"):
+        write_report(make_folder(top / name, clean=True), interactive=False)
+    page = render_report(top, interactive=False)
+    assert 'href="ood/report.html"' in page and 'href="perturb/report.html"' in page

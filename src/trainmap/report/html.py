@@ -167,6 +167,16 @@ def _arrays_html(run_dir: Path) -> str:
             f"<th>size</th></tr>{''.join(rows)}</table>")
 
 
+def _subreports_html(run_dir: Path) -> str:
+    """Links to the reports of results folders nested one level down (e.g. one per experiment)."""
+    subs = sorted(p for p in run_dir.glob(f"*/{REPORT_FILE}") if not p.parent.name.startswith("."))
+    if not subs:
+        return ""
+    items = "".join(f'<li><a href="{html.escape(p.parent.name)}/{REPORT_FILE}">{html.escape(p.parent.name)}</a></li>'
+                    for p in subs)
+    return f'<h2 id="subreports">Nested results folders</h2><ul>{items}</ul>'
+
+
 def _script_json(obj: Any) -> str:
     """JSON safe to place inside a <script> element."""
     return json.dumps(obj, allow_nan=False).replace("</", "<\\/").replace("<!--", "<\\!--")
@@ -275,6 +285,7 @@ def render_report(run_dir: str | Path, *, interactive: bool = True, title: str |
 <h1>trainmap report: {html.escape(name)}</h1>
 <nav>{''.join(nav)}</nav>
 {warn_html}{note_html}
+{_subreports_html(run_dir)}
 <h2 id="summary">Summary</h2>{_table(headline, "headline")}
 {_interactive_html(views)}
 <h2 id="figures">Figures</h2>{''.join(figs) or '<p class="muted">No figures.</p>'}
