@@ -20,6 +20,12 @@ class DType(str, Enum):
     float64 = "float64"
 
 
+class Method(str, Enum):
+    exact = "exact"
+    lanczos = "lanczos"
+    slq = "slq"
+
+
 @app.callback(invoke_without_command=True)
 def jacobian(
     ctx: typer.Context,
@@ -37,9 +43,21 @@ def jacobian(
     out: Path = typer.Option(Path("results/jacobian"), help="Results folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     overwrite: bool = typer.Option(False, help="Replace a previous results folder at --out."),
+    method: Method = typer.Option(Method.exact, help="exact (full J and SVD), or matrix-free: lanczos "
+                                  "(extreme singular triplets) or slq (spectral density and region counts)."),
+    rank: int = typer.Option(20, help="lanczos/slq: extreme singular triplets reported at each end."),
+    probes: int = typer.Option(8, help="lanczos/slq: Rademacher probe vectors (the Lanczos block size)."),
+    lanczos_steps: int = typer.Option(0, help="lanczos/slq: block Lanczos steps (0: 30 for slq, "
+                                      "max(30, 5·rank/probes) for lanczos)."),
 ) -> None:
     """Run the exact training-Jacobian analysis (no options: the reference experiment)."""
     if ctx.invoked_subcommand is not None:
+        return
+    if method is not Method.exact:
+        _run_matrix_free(method.value, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
+                         optimizer=optimizer.value, activation=activation, seed=seed,
+                         dtype=dtype.value, bulk_tol=bulk_tol, out=out, resume=resume,
+                         overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps)
         return
     from trainmap.jacobian.analysis import analyze
     from trainmap.jacobian.regions import Thresholds
@@ -58,6 +76,43 @@ def jacobian(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
     _print_summary(summary, out)
+
+
+def _run_matrix_free(method: str, *, hidden: int, epochs: int, batch_size: int, lr: float,
+                     optimizer: str, activation: str, seed: int, dtype: str, bulk_tol: float,
+                     out: Path, resume: bool, overwrite: bool, rank: int, probes: int,
+                     steps: int) -> None:
+    """``--method lanczos|slq``: the matrix-free estimates (see trainmap.jacobian.scale)."""
+    from trainmap.jacobian.regions import Thresholds
+    from trainmap.jacobian.scale import analyze_scale
+    from trainmap.presets import digits_mlp
+
+    setup = digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer, lr=lr,
+                       epochs=epochs, batch_size=batch_size, seed=seed)
+    d = setup.data
+    try:
+        s = analyze_scale(setup.recipe, setup.theta0, out, method=method, rank=rank, probes=probes,
+                          steps=steps or None, seed=seed, dtype=dtype,
+                          thresholds=Thresholds.symmetric(bulk_tol),
+                          eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
+                          resume=resume, overwrite=overwrite)
+    except (FileExistsError, ValueError, RuntimeError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
+    P = s["num_params"]
+    lz = s["lanczos"]
+    typer.echo(f"\n{P} parameters ({method}, {lz['block_size']} probes × {lz['steps']} steps = "
+               f"{lz['vector_products']} products with JᵀJ); σ_max ≈ {s['sigma_max']:.3f}")
+    for r in ("chaotic", "bulk", "stable"):
+        c = s[r]
+        lo, hi = c["quadrature_range"]
+        typer.echo(f"  {r:8s} ≈ {c['count']:9.0f} ± {c['std_err']:.0f} ({100 * c['fraction']:5.1f}%), "
+                   f"quadrature range [{lo:.0f}, {hi:.0f}]")
+    typer.echo(f"  top {s['top']['count']} σ: {s['top']['converged']} converged; "
+               f"σ_1..3 = {', '.join(f'{x:.3f}' for x in s['top']['sigma'][:3])}")
+    for w in s.get("warnings", []):
+        typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
+    typer.echo(f"  wall time {s['wall_time_s']['total']:.1f} s; results in {out}/ (open report.html)")
 
 
 def _print_summary(s: dict, out: Path) -> None:

@@ -21,6 +21,7 @@ along k (:mod:`trainmap.jacobian.sharding`).
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -100,6 +101,25 @@ def vjp_block(train: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array, j
     return f
 
 
+# compiled kernels per recipe, so that operators built again for the same recipe (a resumed run,
+# tests) reuse XLA's compilation instead of tracing new closures
+_KERNELS: "weakref.WeakKeyDictionary[Recipe, dict]" = weakref.WeakKeyDictionary()
+
+
+def _kernels(recipe: Recipe, segment: int | None, mesh: Any) -> tuple[Callable, Callable, Callable]:
+    key = (segment, tuple(int(d.id) for d in mesh.devices.flat))
+    per_recipe = _KERNELS.setdefault(recipe, {})
+    if key not in per_recipe:
+        jvp_f, vjp_f = jvp_block(recipe.train), vjp_block(checkpointed_train(recipe, segment))
+
+        def gram_f(theta0: jax.Array, V: jax.Array) -> tuple[jax.Array, jax.Array]:
+            JV = jvp_f(theta0, V)
+            return vjp_f(theta0, JV), JV
+
+        per_recipe[key] = (shard_rows(jvp_f, mesh), shard_rows(vjp_f, mesh), shard_rows(gram_f, mesh))
+    return per_recipe[key]
+
+
 class TrainingOperator:
     """J = ∂θ_T/∂θ₀ of a recipe as a matrix-free operator on blocks of row vectors.
 
@@ -127,17 +147,7 @@ class TrainingOperator:
         with precision_context(self.dtype):
             self.theta0 = np.asarray(recipe._check_theta(jnp.asarray(theta0, dtype=self.dtype)))
         self.mesh = vector_mesh(devices)
-        plain = recipe.train
-        remat = checkpointed_train(recipe, segment)
-        jvp_f, vjp_f = jvp_block(plain), vjp_block(remat)
-
-        def gram_f(theta0: jax.Array, V: jax.Array) -> tuple[jax.Array, jax.Array]:
-            JV = jvp_f(theta0, V)
-            return vjp_f(theta0, JV), JV
-
-        self._jvp = shard_rows(jvp_f, self.mesh)
-        self._vjp = shard_rows(vjp_f, self.mesh)
-        self._gram = shard_rows(gram_f, self.mesh)
+        self._jvp, self._vjp, self._gram = _kernels(recipe, segment, self.mesh)
 
     @property
     def shape(self) -> tuple[int, int]:

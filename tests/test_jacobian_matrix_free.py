@@ -1,0 +1,206 @@
+"""Matrix-free training Jacobian: products, block Lanczos, SLQ and the results folder.
+
+Independent routes: the exact J by ``jax.jacfwd`` of ``recipe.train`` (float64, tiny MLP), dense
+NumPy SVD / ``eigvalsh`` on explicit matrices.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_recipe
+from trainmap.jacobian.lanczos import (BlockLanczosState, block_lanczos, dense_operator,
+                                      extreme_triplets, rademacher, ritz)
+from trainmap.jacobian.matrix_free import (TrainingOperator, checkpointed_train, default_segment,
+                                          vjp_block)
+from trainmap.jacobian.regions import Thresholds
+from trainmap.jacobian.scale import analyze_scale
+from trainmap.jacobian.slq import quadrature, region_counts, slq_counts
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    """The tiny recipe in float64 with its exact J from jax.jacfwd: (recipe, theta0, J)."""
+    recipe, theta0 = tiny_recipe(epochs=3)  # T = 9 steps: segments of 3, and 4 with a remainder
+    with jax.enable_x64(True):
+        th = jax.numpy.asarray(theta0, dtype=np.float64)
+        J = np.asarray(jax.jit(jax.jacfwd(recipe.train))(th))
+    return recipe, np.asarray(theta0, np.float64), J
+
+
+def _matrix_with_spectrum(s: np.ndarray, seed: int) -> np.ndarray:
+    """A dense (P, P) matrix U diag(s) Vᵀ with random orthogonal U, V."""
+    rng = np.random.default_rng(seed)
+    P = s.size
+    U = np.linalg.qr(rng.normal(size=(P, P)))[0]
+    V = np.linalg.qr(rng.normal(size=(P, P)))[0]
+    return (U * s) @ V.T
+
+
+# ----------------------------------------------------------------------------- products
+def test_products_equal_the_exact_jacobian_float64(tiny64):
+    recipe, theta0, J = tiny64
+    op = TrainingOperator(recipe, theta0, dtype=np.float64, devices=jax.devices()[:1])
+    V = np.random.default_rng(1).normal(size=(3, recipe.num_params))
+    np.testing.assert_allclose(op.matvec(V), V @ J.T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(op.rmatvec(V), V @ J, rtol=0, atol=1e-12)  # rows of Jᵀ w
+    JtJV, JV = op.gram(V)
+    np.testing.assert_allclose(JV, V @ J.T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(JtJV, V @ J.T @ J, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(op.rmatvec(V[0]), (J.T @ V[0])[None], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("segment", [4, 0])  # 9 steps: 2 segments of 4 + a remainder; no remat
+def test_reverse_pass_with_other_segments_equals_the_exact_transpose(tiny64, segment):
+    recipe, theta0, J = tiny64
+    W = np.random.default_rng(3).normal(size=(2, recipe.num_params))
+    with jax.enable_x64(True):
+        f = jax.jit(vjp_block(checkpointed_train(recipe, segment)))
+        np.testing.assert_allclose(np.asarray(f(theta0, W)), W @ J, rtol=0, atol=1e-12)
+
+
+def test_float32_transpose_product_within_float_tolerance(tiny64):
+    recipe, theta0, J = tiny64
+    op = TrainingOperator(recipe, theta0, dtype=np.float32, devices=jax.devices()[:1])
+    W = np.random.default_rng(2).normal(size=(4, recipe.num_params))
+    np.testing.assert_allclose(op.rmatvec(W), W @ J, rtol=0, atol=2e-5 * np.abs(W @ J).max())
+
+
+def test_checkpointed_train_equals_plain_train(tiny64):
+    recipe, theta0, _ = tiny64
+    assert default_segment(9) == 3 and default_segment(10) == 4 and default_segment(1) == 1
+    plain = np.asarray(recipe.train(theta0.astype(np.float32)))
+    for seg in (None, 4, 100):
+        got = np.asarray(checkpointed_train(recipe, seg)(theta0.astype(np.float32)))
+        np.testing.assert_allclose(got, plain, rtol=0, atol=1e-6)
+
+
+def test_bad_block_shape_is_a_clear_error(tiny64):
+    recipe, theta0, _ = tiny64
+    op = TrainingOperator(recipe, theta0, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"\(k, 39\)"):
+        op.matvec(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="segment"):
+        checkpointed_train(recipe, -1)
+
+
+# ----------------------------------------------------------------------------- lanczos
+def test_block_lanczos_extreme_triplets_match_dense_svd():
+    P = 120
+    s = np.concatenate([np.geomspace(30, 2, 10), np.ones(80) + np.linspace(-0.05, 0.05, 80),
+                        np.geomspace(0.5, 1e-3, 30)])
+    J = _matrix_with_spectrum(s, seed=3)
+    U, S, Vt = np.linalg.svd(J)
+    st = block_lanczos(dense_operator(J), rademacher(4, P, seed=0, dtype=np.float64), steps=20)
+    top = extreme_triplets(st, 6, "top")
+    np.testing.assert_allclose(top.sigma, S[:6], rtol=1e-8)
+    assert np.all(top.rel_residuals < 1e-6)
+    cos = np.abs(np.sum(top.V * Vt[:6], axis=1))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-8)
+    cosu = np.abs(np.sum(top.U * U[:, :6].T, axis=1))
+    np.testing.assert_allclose(cosu, 1.0, atol=1e-8)
+    # residual norms are real diagnostics: ‖JᵀJ v − σ² v‖ recomputed densely
+    r = np.linalg.norm(top.V @ J.T @ J - (top.sigma**2)[:, None] * top.V, axis=1)
+    np.testing.assert_allclose(top.residuals, r, atol=1e-8)
+
+
+def test_block_lanczos_bottom_triplets_when_the_stable_end_is_separated():
+    s = np.concatenate([np.geomspace(3, 1.5, 10), np.ones(80) + np.linspace(-0.05, 0.05, 80),
+                        np.geomspace(0.6, 0.3, 27), [0.1, 0.05, 0.02]])
+    J = _matrix_with_spectrum(s, seed=3)
+    U, S, Vt = np.linalg.svd(J)
+    st = block_lanczos(dense_operator(J), rademacher(4, s.size, seed=0, dtype=np.float64), steps=20)
+    bottom = extreme_triplets(st, 3, "bottom")
+    np.testing.assert_allclose(bottom.sigma, S[::-1][:3], rtol=1e-6)
+    assert np.all(bottom.rel_residuals < 1e-6)
+    np.testing.assert_allclose(np.abs(np.sum(bottom.V * Vt[::-1][:3], axis=1)), 1.0, atol=1e-6)
+
+
+def test_early_ritz_residuals_flag_non_convergence():
+    P = 200
+    s = np.linspace(3.0, 0.1, P)  # no gaps: nothing converges in 2 steps
+    st = block_lanczos(dense_operator(_matrix_with_spectrum(s, 4)), rademacher(2, P, 0, np.float64), 2)
+    pairs = ritz(st)
+    assert pairs.residuals.max() > 1e-2
+
+
+def test_exhausted_krylov_space_gives_the_exact_spectrum():
+    P = 12
+    J = _matrix_with_spectrum(np.linspace(2, 0.2, P), 5)
+    st = block_lanczos(dense_operator(J), rademacher(3, P, 0, np.float64), steps=4)  # 3·4 = P
+    np.testing.assert_allclose(np.sort(ritz(st).sigma), np.sort(np.linspace(2, 0.2, P)), rtol=1e-9)
+    with pytest.raises(ValueError, match="exceeds the dimension"):
+        block_lanczos(dense_operator(J), rademacher(3, P, 0, np.float64), steps=5)
+
+
+# ----------------------------------------------------------------------------- slq
+def test_quadrature_is_exact_for_low_degree_moments():
+    """Block Gauss quadrature with m steps integrates θ^p exactly for p ≤ 2m − 1, per probe."""
+    P, m = 150, 3
+    J = _matrix_with_spectrum(np.random.default_rng(0).uniform(0, 2, P), 6)
+    A = J.T @ J
+    Z = rademacher(5, P, 1, np.float64)
+    q = quadrature(block_lanczos(dense_operator(J), Z, m))
+    for p in range(2 * m):
+        quad = P * (q.nodes[:, None] ** p * q.weights).sum(axis=0)
+        exact = np.einsum("ji,ji->j", Z @ np.linalg.matrix_power(A, p), Z)
+        np.testing.assert_allclose(quad, exact, rtol=1e-8)
+
+
+def test_slq_counts_agree_with_eigvalsh():
+    P = 400
+    rng = np.random.default_rng(7)
+    s = np.concatenate([rng.uniform(1.3, 6, 60), 1 + rng.uniform(-0.08, 0.08, 240), rng.uniform(0, 0.7, 100)])
+    J = _matrix_with_spectrum(s, 8)
+    ev = np.linalg.eigvalsh(J.T @ J)  # the independent route: σ² from a dense eigensolver
+    exact = {"chaotic": int((ev > 1.21).sum()), "stable": int((ev < 0.81).sum())}
+    exact["bulk"] = P - exact["chaotic"] - exact["stable"]
+    c = slq_counts(dense_operator(J), P, num_probes=10, steps=12, seed=0)
+    for r, n in exact.items():
+        err = abs(c[r]["count"] - n)
+        assert err < max(4 * c[r]["std_err"], 0.05 * n), (r, c[r], n)
+        lo, hi = c[r]["quadrature_range"]
+        assert lo - 4 * c[r]["std_err"] <= n <= hi + 4 * c[r]["std_err"]
+    assert abs(sum(c[r]["count"] for r in exact) - P) < 1e-6 * P
+
+
+# ----------------------------------------------------------------------------- pipeline
+def test_analyze_scale_tiny_matches_exact_and_resumes(tmp_path, tiny64):
+    recipe, theta0, J = tiny64
+    S = np.linalg.svd(J, compute_uv=False)
+    th = Thresholds()
+    kwargs = dict(method="lanczos", rank=4, probes=3, steps=13, dtype=np.float64, progress=False,
+                  devices=jax.devices()[:1])  # 3 · 13 = P = 39: the Krylov space is complete
+    with pytest.raises(KeyboardInterrupt):
+        analyze_scale(recipe, theta0, tmp_path / "a", stop_after=5, **kwargs)
+    s = analyze_scale(recipe, theta0, tmp_path / "a", resume=True, **kwargs)
+    assert s["lanczos"]["steps_resumed"] == 5 and s["lanczos"]["steps"] == 13
+    full = analyze_scale(recipe, theta0, tmp_path / "b", **kwargs)
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "top_sigma.npy"),
+                                  np.load(tmp_path / "b" / "top_sigma.npy"))
+    np.testing.assert_allclose(full["top"]["sigma"], S[:4], rtol=1e-8)
+    np.testing.assert_allclose(full["bottom"]["sigma"], S[::-1][:4], rtol=1e-6, atol=1e-9)
+    exact = {"chaotic": (S > th.high).sum(), "bulk": ((S >= th.low) & (S <= th.high)).sum(),
+             "stable": (S < th.low).sum()}
+    for r, n in exact.items():  # Hutchinson noise (3 probes) and the quadrature range remain
+        lo, hi = full[r]["quadrature_range"]
+        tol = 4 * full[r]["std_err"] + 1
+        assert lo - tol <= n <= hi + tol
+        assert abs(full[r]["count"] - n) <= tol + (hi - lo) / 2, (r, full[r], n)
+    out = tmp_path / "b"
+    for name in ("config.json", "summary.json", "density.png", "extreme_sigma.png", "report.html",
+                 "slq_nodes.npy", "slq_weights.npy", "top_V.npy", "top_U.npy", "bottom_V.npy"):
+        assert (out / name).exists(), name
+    V = np.load(out / "top_V.npy")
+    assert V.shape == (4, recipe.num_params)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["estimated"] and summary["method"] == "lanczos"
+    assert "warnings" in summary and summary["peak_memory_mb"] > 0
+    with pytest.raises(FileExistsError):
+        analyze_scale(recipe, theta0, out, **kwargs)
+    with pytest.raises(ValueError, match="unknown method"):
+        analyze_scale(recipe, theta0, tmp_path / "c", **{**kwargs, "method": "power"})
