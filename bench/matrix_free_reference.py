@@ -11,6 +11,7 @@ Usage:
 
     trainmap jacobian                                 # the exact reference folder, results/jacobian
     python bench/matrix_free_reference.py [--exact results/jacobian] [--probes 16] [--steps 60]
+    python bench/matrix_free_reference.py --resume --steps 40   # evaluate / extend a checkpointed run
 
 Writes ``bench/results/matrix_free_reference.json``.
 """
@@ -35,6 +36,9 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=16)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rank", type=int, default=50)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue (or, with --steps no larger than the steps done, just evaluate) "
+                         "the checkpointed run in --out")
     ap.add_argument("--json", default=str(HERE / "results" / "matrix_free_reference.json"))
     args = ap.parse_args()
 
@@ -56,7 +60,8 @@ def main() -> None:
     d = setup.data
     t0 = time.perf_counter()
     s = analyze_scale(setup.recipe, setup.theta0, args.out, method="lanczos", rank=args.rank,
-                      probes=args.probes, steps=args.steps, seed=0, overwrite=True,
+                      probes=args.probes, steps=args.steps, seed=0, overwrite=not args.resume,
+                      resume=args.resume,
                       eval_sets={"test": (d.x_test, d.y_test)})
     wall = time.perf_counter() - t0
     out = Path(args.out)
@@ -76,6 +81,7 @@ def main() -> None:
         "num_params": setup.recipe.num_params, "num_steps": setup.recipe.num_steps,
         "probes": args.probes, "steps": args.steps, "vector_products": s["lanczos"]["vector_products"],
         "wall_time_s": wall, "peak_memory_mb": s["peak_memory_mb"],
+        "lanczos_compute_s_all_sessions": s["lanczos"]["compute_s"],
         "top_k": k,
         "top_k_max_rel_error": float(rel.max()),
         "top_k_median_rel_error": float(np.median(rel)),

@@ -204,3 +204,21 @@ def test_analyze_scale_tiny_matches_exact_and_resumes(tmp_path, tiny64):
         analyze_scale(recipe, theta0, out, **kwargs)
     with pytest.raises(ValueError, match="unknown method"):
         analyze_scale(recipe, theta0, tmp_path / "c", **{**kwargs, "method": "power"})
+
+
+def test_cli_method_slq_writes_estimates(tmp_path):
+    from typer.testing import CliRunner
+
+    from trainmap.cli import app
+
+    out = tmp_path / "slq"
+    res = CliRunner().invoke(app, ["jacobian", "--hidden", "4", "--epochs", "1", "--batch-size", "200",
+                                   "--method", "slq", "--probes", "4", "--lanczos-steps", "5",
+                                   "--rank", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["method"] == "slq" and s["num_params"] == 310 and s["lanczos"]["vector_products"] == 20
+    assert abs(sum(s[r]["count"] for r in ("chaotic", "bulk", "stable")) - 310) < 1e-6 * 310
+    assert (out / "density.png").exists() and (out / "top_V.npy").exists()
+    assert not (out / "bottom_V.npy").exists()  # slq writes the chaotic end only
+    assert "chaotic" in res.output and "quadrature range" in res.output

@@ -22,7 +22,6 @@ sys.path.insert(0, sys.argv[1])
 from conftest import tiny_recipe
 from trainmap.jacobian.lanczos import block_lanczos, extreme_triplets, rademacher
 from trainmap.jacobian.matrix_free import TrainingOperator
-from trainmap.jacobian.scale import analyze_scale
 from trainmap.jacobian.slq import quadrature, region_counts
 
 assert len(jax.devices()) == 2, jax.devices()
