@@ -70,6 +70,15 @@ def test_grokking_small(tmp_path):
     assert (tmp_path / "spectra.png").exists()
 
 
+def test_grokking_is_delayed_generalisation():
+    steps = np.array([100, 200, 300, 400])
+    late = {"steps": steps, "train_acc": np.array([0.99, 1, 1, 1]), "test_acc": np.array([0.1, 0.3, 0.97, 1])}
+    together = {"steps": steps, "train_acc": np.array([0.99, 1, 1, 1]), "test_acc": np.array([0.98, 1, 1, 1])}
+    assert grokking._delay("g", late, 100) == {"g_train_acc_over_95pct_step": 100, "g_test_acc_over_95pct_step": 300,
+                                                "g_generalisation_delay_steps": 200, "g_groks": True}
+    assert grokking._delay("n", together, 100)["n_groks"] is False
+
+
 def test_long_run_norm_constraint_holds_the_weight_norm():
     from trainmap.data import modular_addition
 

@@ -5,14 +5,14 @@ from 30% of the pairs with full-batch AdamW (lr 1e-3, betas (0.9, 0.98)):
 
 * *grokking*: weight decay 1.0 — it fits the training set quickly and generalises much later;
 * *non-grokking*: initial weights scaled by 0.8, no weight decay, and the total weight norm
-  reset to its initial value after every step (Liu et al. 2023, "Omnigrok") — it memorises
-  and never generalises.
+  reset to its initial value after every step (Liu et al. 2023, "Omnigrok") — no grokking:
+  no long delay between fitting the training set and generalising.
 
 Spectra come from the first 100 steps only: MLP output weights (d_mlp × d_model numbers)
 recorded every step, PCA to 10 dimensions fitted on all runs of both conditions, 32 delays,
 10 eigenvalues, one spectrum per seed, and the permutation test between conditions. A longer
 run of each condition (optionally with a smaller p to fit a CPU budget) checks that the first
-really groks (test accuracy > 95%) and the second does not.
+really groks (test accuracy passes 95% well after train accuracy does) and the second does not.
 """
 
 from __future__ import annotations
@@ -139,6 +139,22 @@ def long_run(data: ModularData, name: str, seed: int = 0, max_steps: int = 20000
             "weight_norm": arr[:, 3], "grok_step": grok}
 
 
+def _first_above(steps: np.ndarray, acc: np.ndarray, threshold: float) -> int | None:
+    idx = np.flatnonzero(acc > threshold)
+    return int(steps[idx[0]]) if idx.size else None
+
+
+def _delay(name: str, long: dict, eval_every: int, threshold: float = 0.95) -> dict:
+    """Grokking = delayed generalisation: test accuracy passes ``threshold`` at least two
+    evaluations after train accuracy does."""
+    tr = _first_above(long["steps"], long["train_acc"], threshold)
+    te = _first_above(long["steps"], long["test_acc"], threshold)
+    delay = None if tr is None or te is None else te - tr
+    return {f"{name}_train_acc_over_95pct_step": tr, f"{name}_test_acc_over_95pct_step": te,
+            f"{name}_generalisation_delay_steps": delay,
+            f"{name}_groks": bool(delay is not None and delay >= 2 * eval_every)}
+
+
 def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Sequence[int] = tuple(range(5)),
         steps: int = 100, pca: int = 10, delays: int = 32, rank: int = 10, d_model: int = 128,
         n_heads: int = 4, d_mlp: int = 512, long_p: int | None = 59, long_train_fraction: float | None = 0.6,
@@ -198,15 +214,14 @@ def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Seque
             **{f"{c}_final_test_accuracy": float(longs[c]["test_acc"][-1]) for c in CONDITIONS},
             **{f"{c}_final_train_accuracy": float(longs[c]["train_acc"][-1]) for c in CONDITIONS},
             **{f"{c}_steps": int(longs[c]["steps"][-1]) for c in CONDITIONS},
-            "grokking_step_test_acc_over_95pct": longs["grokking"]["grok_step"],
-            "non_grokking_reached_95pct": longs["non-grokking"]["grok_step"] is not None,
-            "grokking_groks": bool(longs["grokking"]["test_acc"].max() > 0.95),
-            "non_grokking_groks": bool(longs["non-grokking"]["test_acc"].max() > 0.95),
+            **{k: v for c in CONDITIONS for k, v in _delay(c, longs[c], eval_every).items()},
         }
-        if not summary["long_run"]["grokking_groks"]:
-            summary["warnings"].append(f"the grokking run did not reach 95% test accuracy in {long_steps} steps")
-        if summary["long_run"]["non_grokking_groks"]:
-            summary["warnings"].append("the norm-constrained run generalised (> 95% test accuracy)")
+        lr_ = summary["long_run"]
+        if not lr_["grokking_groks"]:
+            summary["warnings"].append("the weight-decay run showed no delayed generalisation (grokking) "
+                                       f"within {long_steps} steps")
+        if lr_["non-grokking_groks"]:
+            summary["warnings"].append("the norm-constrained run showed delayed generalisation (grokking)")
     if out is not None:
         _write(out, dict(p=p, train_fraction=train_fraction, seeds=list(seeds), steps=steps, pca=pca, delays=delays,
                          rank=rank, d_model=d_model, n_heads=n_heads, d_mlp=d_mlp, lr=1e-3, betas=[0.9, 0.98],
@@ -262,6 +277,6 @@ def _write(out, config, summary, spectra, pooled, dmat, labels, test, accs, long
         ax.legend(fontsize=8)
         ax.set_title(f"long runs (p={summary['long_run']['p']})")
         figs["long_run_accuracy.png"] = fig
-        captions["long_run_accuracy.png"] = ("Grokking: train accuracy saturates early, test accuracy jumps "
-                                             "past 95% much later; the norm-constrained run stays low.")
+        captions["long_run_accuracy.png"] = ("Grokking: train accuracy saturates early and test accuracy passes "
+                                             "95% much later; without grokking there is no such delay.")
     write_results(out, config, summary, arrays, figs, captions)
