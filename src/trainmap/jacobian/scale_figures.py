@@ -33,6 +33,7 @@ def density_figure(grid: np.ndarray, density: np.ndarray, per_probe: np.ndarray,
     ax.plot(sig, density, color="k", lw=1.4, label="mean over probes")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=max(float(density.max()) * 1e-3, 1e-9))
+    ax.set_ylim(bottom=0.0)
     ax.set_xlim(lo, hi)
     ax.set_xlabel("singular value σ of J")
     ax.set_ylabel("estimated density (per unit log10 σ)")
