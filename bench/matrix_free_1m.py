@@ -12,7 +12,7 @@ checkpoint exists):
 
     python bench/matrix_free_1m.py [--steps 48] [--probes 8] [--budget-min 42] [--out DIR]
 
-Writes ``bench/results/matrix_free_1m.json``: wall time summed over sessions, peak resident
+Writes ``bench/results/matrix_free_1m.json``: wall time summed over resumed runs, peak resident
 memory, training metrics, estimated counts, top-20 σ with relative residuals.
 """
 
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=8, help="Rademacher probes (block size)")
     ap.add_argument("--rank", type=int, default=20, help="chaotic directions to report")
     ap.add_argument("--budget-min", type=float, default=42.0,
-                    help="Lanczos compute budget in minutes (summed over resumed sessions)")
+                    help="Lanczos compute budget in minutes (summed over resumed runs)")
     ap.add_argument("--out", default="results/bench_matrix_free_1m", help="results folder")
     ap.add_argument("--json", default=str(HERE / "results" / "matrix_free_1m.json"))
     args = ap.parse_args()
@@ -47,8 +47,8 @@ def main() -> None:
     from trainmap.presets import digits_mlp
 
     out = Path(args.out)
-    sessions_path = out.parent / (out.name + ".sessions.json")
-    sessions = read_json(sessions_path) if sessions_path.exists() else []
+    runs_path = out.parent / (out.name + ".runs.json")
+    runs = read_json(runs_path) if runs_path.exists() else []
     resume = (out / "checkpoint" / "progress.json").exists()
 
     setup = digits_mlp(hidden=(1000, 1000), epochs=2, batch_size=32, lr=0.1, seed=0)
@@ -61,11 +61,11 @@ def main() -> None:
             resume=resume, overwrite=not resume, time_budget_s=args.budget_min * 60.0,
         )
     finally:
-        sessions.append({"wall_s": time.perf_counter() - t0, "peak_memory_mb": peak_memory_mb(),
+        runs.append({"wall_s": time.perf_counter() - t0, "peak_memory_mb": peak_memory_mb(),
                          "resumed": resume})
-        atomic_write_json(sessions_path, sessions)
+        atomic_write_json(runs_path, runs)
 
-    wall = sum(s["wall_s"] for s in sessions)
+    wall = sum(s["wall_s"] for s in runs)
     per_vector = summary["lanczos"]["compute_s"] / max(summary["lanczos"]["vector_products"], 1)
     result = {
         "benchmark": "matrix-free training-Jacobian spectrum, 1M-parameter MLP on digits",
@@ -86,8 +86,8 @@ def main() -> None:
         "seconds_per_vector_product_JtJ": per_vector,
         "wall_time_s_total": wall,
         "wall_time_min_total": wall / 60,
-        "sessions": sessions,
-        "peak_memory_mb": max(s["peak_memory_mb"] for s in sessions),
+        "runs": runs,
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in runs),
         "under_60_minutes": wall < 3600,
         "estimated_counts": {k: {kk: summary[k][kk] for kk in ("count", "std_err", "fraction",
                                                                 "quadrature_range")}

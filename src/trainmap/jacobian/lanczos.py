@@ -42,9 +42,8 @@ def _orthonormalise(W: np.ndarray, basis: list[np.ndarray], seed: int) -> tuple[
     """Orthogonalise rows of W (b, P) against all ``basis`` blocks (twice), then QR.
 
     Returns:
-        (Q_next (b, P) with orthonormal rows, B (b, b) upper triangular with W_perp = Bᵀ Q_next ...)
-        precisely: W_perp (b, P) = R.T @ Q_next with R upper triangular; returns (Q_next, R).
-        Rows that vanish (an exhausted Krylov space) are replaced by fresh random orthogonal rows
+        (Q_next, R): Q_next (b, P) with orthonormal rows and R (b, b) upper triangular such that
+        the orthogonalised block is W_perp = Rᵀ Q_next. Rows that vanish (an exhausted Krylov space) are replaced by fresh random orthogonal rows
         with a zero row in R, so the recurrence continues without fake coupling.
     """
     W = W.astype(np.float64, copy=True)
@@ -79,7 +78,7 @@ class BlockLanczosState:
         R0: (b, b) with V0ᵀ = Q0ᵀ R0, i.e. V0 = R0ᵀ Q0 (for quadrature weights).
         blocks: list of (b, P) orthonormal blocks Q_j (operator dtype).
         side: list of (b, P) blocks J Q_j (or empty when the operator returns no side output).
-        coeffs: list of (j+1·b... ) projections: coeffs[j] = (Q_0..Q_j) A Q_jᵀ, shape ((j+1)·b, b).
+        coeffs: coeffs[j] = [Q_0; …; Q_j] A Q_jᵀ of shape ((j+1)·b, b): column block j of T.
         next_block: (b, P) the next basis block Q_{m}, or None before the first step.
         next_R: (b, b) coupling B_m with residual block = B_mᵀ Q_m.
     """

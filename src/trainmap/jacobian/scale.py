@@ -165,7 +165,7 @@ def analyze_scale(
         overwrite: delete a previous trainmap results folder at ``out_dir`` first.
         progress: show a progress bar over block steps.
         time_budget_s: stop the Lanczos iteration after this many compute seconds (counting
-            earlier resumed sessions) and report what was reached (recorded in the summary).
+            earlier interrupted runs) and report what was reached (recorded in the summary).
         stop_after: stop after this many new steps by raising ``KeyboardInterrupt`` (tests).
         keep_checkpoint: keep ``checkpoint/`` after success (needed to extend the run later).
         config: extra JSON-able settings recorded in config.json.
@@ -289,7 +289,7 @@ def analyze_scale(
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
     summary["wall_time_s"] = {"train_check": t_train - t_start, "lanczos": t_lanczos - t_train,
                               "readoff": t_end - t_lanczos, "total": t_end - t_start,
-                              "lanczos_compute_all_sessions": spent}
+                              "lanczos_compute_all_runs": spent}
     summary["peak_memory_mb"] = peak_memory_mb()
     summary["warnings"] = _warnings(summary, top, bottom, budget_hit)
     atomic_write_json(out / "summary.json", summary)
