@@ -218,6 +218,10 @@ class EnginePlan:
         chunk: K, directions per chunk (a multiple of the device count).
         n_devices: devices each chunk is split over.
         residual_bytes: memory of the stored step linearisations (0 for ``per_chunk``).
+        rules: ``"mlp"`` (hand-derived tangent rules of :mod:`~trainmap.jacobian.fast_mlp`, for
+            recognised MLP recipes, forward mode with shared primal) or ``"autodiff"`` (JAX's
+            linearisation of the recipe's step).
+        mlp: the recognised MLP (``rules == "mlp"``), else None.
     """
 
     mode: str
@@ -225,11 +229,13 @@ class EnginePlan:
     chunk: int
     n_devices: int
     residual_bytes: int
+    rules: str = "autodiff"
+    mlp: Any = None
 
     @property
     def signature(self) -> str:
         """What, besides the inputs, determines a chunk's bits (part of the checkpoint fingerprint)."""
-        return f"engine={self.mode}|{self.primal}|devices={self.n_devices}"
+        return f"engine={self.mode}|{self.primal}|{self.rules}|devices={self.n_devices}"
 
 
 def _jvp_columns(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
@@ -246,8 +252,9 @@ def plan_engine(
     chunk_size: int | None = None,
     memory_budget_gb: float = 2.0,
     devices: int | Sequence[Any] | None = None,
+    specialize: bool = True,
 ) -> EnginePlan:
-    """Choose mode, primal sharing and chunk size (no Jacobian is computed).
+    """Choose mode, primal sharing, tangent rules and chunk size (no Jacobian is computed).
 
     * ``mode="auto"`` picks forward mode: J is square (P×P), so forward and reverse need the same
       number of directions, and forward mode needs no transposed steps.
@@ -256,6 +263,8 @@ def plan_engine(
     * The default chunk keeps each device's tangents near :data:`engine.CACHE_BYTES` (at most 128
       per device) for the shared primal, or is the largest that fits the budget (at most 128)
       otherwise; either way it is rounded up to a multiple of the device count.
+    * With ``specialize`` (default), forward mode with a shared primal uses the hand-derived MLP
+      tangent rules when :func:`~trainmap.jacobian.fast_mlp.detect_mlp` recognises the recipe.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -286,7 +295,12 @@ def plan_engine(
     else:
         K = choose_chunk_size(recipe.train, theta0, budget)
     K = -(-K // n) * n
-    return EnginePlan(mode, primal, K, n, rb)
+    spec = None
+    if specialize and mode == "forward" and primal == "shared":
+        from trainmap.jacobian.fast_mlp import detect_mlp
+
+        spec = detect_mlp(recipe, theta0)
+    return EnginePlan(mode, primal, K, n, rb, "mlp" if spec is not None else "autodiff", spec)
 
 
 def exact_jacobian(
@@ -304,6 +318,7 @@ def exact_jacobian(
     mode: str = "auto",
     primal: str = "auto",
     devices: int | Sequence[Any] | None = None,
+    specialize: bool = True,
 ) -> np.ndarray:
     """The exact training Jacobian J[i, j] = ∂θ_T[i] / ∂θ₀[j].
 
@@ -327,6 +342,8 @@ def exact_jacobian(
             the tangent recursion per chunk) or ``"per_chunk"`` (``vmap(jvp(train))`` per chunk).
         devices: split each chunk's directions over these JAX devices: None (all devices of the
             default backend), a count, or a list of devices.
+        specialize: use hand-derived tangent rules for recognised MLP recipes (forward mode,
+            shared primal); False always uses JAX's linearisation of the training step.
 
     Returns:
         J: (P, P) NumPy array of ``dtype``.
@@ -340,7 +357,8 @@ def exact_jacobian(
         theta0 = recipe._check_theta(jnp.asarray(theta0, dtype=dt))
         P = recipe.num_params
         plan = plan_engine(recipe, theta0, mode=mode, primal=primal, chunk_size=chunk_size,
-                           memory_budget_gb=memory_budget_gb, devices=devices)
+                           memory_budget_gb=memory_budget_gb, devices=devices,
+                           specialize=specialize)
         K = plan.chunk
         store = None
         if checkpoint_dir is not None:
@@ -368,7 +386,13 @@ def exact_jacobian(
                 shutil.rmtree(store.folder, ignore_errors=True)
             return J
         devs = _engine.resolve_devices(devices)
-        if plan.primal == "shared":
+        if plan.rules == "mlp":
+            from trainmap.jacobian import fast_mlp
+
+            mp = fast_mlp.mlp_primal(recipe, plan.mlp, theta0)
+            program = _engine.sharded(lambda k: fast_mlp.forward_columns(mp, k), K, devs)
+            arg = mp.residuals
+        elif plan.primal == "shared":
             sp = _engine.shared_primal(recipe, theta0)
             local = (lambda k: _engine.reverse_rows(sp, k)) if rows_of_J else \
                 (lambda k: _engine.forward_columns(sp, k))
@@ -382,7 +406,8 @@ def exact_jacobian(
 
         what = "rows" if rows_of_J else "columns"
         computed = 0
-        label = f"Jacobian {what} ({P} params, {K}/chunk, {plan.mode}, {plan.primal} primal, {len(devs)} device(s))"
+        label = (f"Jacobian {what} ({P} params, {K}/chunk, {plan.mode}, {plan.primal} primal, "
+                 f"{plan.rules} rules, {len(devs)} device(s))")
         with _progress(progress, len(todo), label) as advance:
             pending = launch(todo[0])
             for n_i, i in enumerate(todo):
