@@ -122,14 +122,18 @@ def child_run(which: str, hidden: int, epochs: int, out: Path, sv_path: Path, en
         from trainmap.jacobian.exact import exact_jacobian, plan_engine
 
         plan = plan_engine(recipe, theta0, **engine_kw)
-        info["plan"] = {"mode": plan.mode, "primal": plan.primal, "chunk": plan.chunk,
+        info["plan"] = {"mode": plan.mode, "primal": plan.primal, "rules": plan.rules, "chunk": plan.chunk,
                         "n_devices": plan.n_devices, "residual_MiB": plan.residual_bytes / 2**20}
         J = exact_jacobian(recipe, theta0, progress=False, **engine_kw)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     info.update(wall_s=wall, cpu_s=cpu, peak_rss_bytes=vm_hwm_bytes(), rss_before_bytes=rss0,
                 finite=bool(np.isfinite(J).all()))
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats:  # accelerators: the device's own peak (host RSS does not see it)
+        info["device_peak_bytes"] = int(stats.get("peak_bytes_in_use", 0))
     sv = np.linalg.svd(J.astype(np.float64), compute_uv=False)
     np.save(sv_path, sv)
+    np.save(str(sv_path).replace(".sv.npy", ".J.npy"), J)
     out.write_text(json.dumps(info))
 
 
@@ -146,6 +150,7 @@ def run_child(args: list[str], env_extra: dict | None = None) -> tuple[dict, flo
         sv_file = Path(str(out) + ".sv.npy")
         if sv_file.exists():
             rep["_sv"] = np.load(sv_file)
+            rep["_J"] = np.load(str(out) + ".J.npy")
         # RUSAGE_CHILDREN holds the largest child so far: it only tells us about a child that set a
         # new maximum, so VmHWM from inside the child is the number we report.
         return rep, float(max(after, before)) * 1024
@@ -166,8 +171,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="MLP 32, 5 epochs instead of MLP 64, 25 epochs")
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--engine-devices", type=int, default=0,
-                    help="host devices for the engine's process (XLA_FLAGS); 0: one per CPU core")
+    ap.add_argument("--engine-devices", type=int, default=1,
+                    help="host devices for the engine's process (XLA_FLAGS "
+                         "--xla_force_host_platform_device_count); 0: one per CPU core; "
+                         "default 1, the same JAX setup as the baseline")
     ap.add_argument("--chunk-size", type=int, default=0, help="engine chunk size (0: automatic)")
     ap.add_argument("--mode", default="auto", choices=["auto", "forward", "reverse"])
     ap.add_argument("--primal", default="auto", choices=["auto", "shared", "per_chunk"])
@@ -199,7 +206,8 @@ def main() -> None:
         engine_kw["chunk_size"] = a.chunk_size
     size_args = ["--hidden", str(size["hidden"]), "--epochs", str(size["epochs"])]
     flags = os.environ.get("XLA_FLAGS", "")
-    engine_env = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_dev}".strip()}
+    engine_env = ({"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n_dev}".strip()}
+                  if n_dev > 1 else {})
     load_before = os.getloadavg()
     t_start = time.time()
 
@@ -246,6 +254,15 @@ def main() -> None:
                             "speedup_cpu": base["cpu_s"] / eng["cpu_s"],
                             "peak_rss_engine_over_baseline": eng["peak_rss_bytes"] / base["peak_rss_bytes"]}
         result["sigma"] = sigma_agreement(eng["_sv"], base["_sv"])
+        result["sigma_by_floor"] = {f"{f:g}": sigma_agreement(eng["_sv"], base["_sv"], f)["max_rel_diff"]
+                                    for f in (1e-6, 1e-5, 1e-4, 1e-3)}
+        dJ = np.abs(eng["_J"].astype(np.float64) - base["_J"])
+        result["J_difference"] = {"max_abs": float(dJ.max()), "max_abs_J": float(np.abs(base["_J"]).max()),
+                                  "fro_rel": float(np.linalg.norm(dJ) / np.linalg.norm(base["_J"])),
+                                  "float32_resolution_of_sigma": float(np.finfo(np.float32).eps
+                                                                       * base["_sv"][0])}
+        inc = lambda r: r["peak_rss_bytes"] - r["rss_before_bytes"]  # noqa: E731
+        result["ratios"]["peak_rss_increase_engine_over_baseline"] = inc(eng) / inc(base)
         result["acceptance"] = {
             "speedup_at_least_2x": result["ratios"]["speedup_wall"] >= 2.0,
             "memory_at_most_half": result["ratios"]["peak_rss_engine_over_baseline"] <= 0.5,
@@ -254,7 +271,9 @@ def main() -> None:
         print(f"[bench] speed-up {r['speedup_wall']:.2f}x wall ({r['speedup_cpu']:.2f}x CPU time); "
               f"peak memory ratio {r['peak_rss_engine_over_baseline']:.2f}; "
               f"max rel |Δσ| {result['sigma']['max_rel_diff']:.2e} "
-              f"(σ ≥ {SIGMA_FLOOR:g}; {result['sigma']['compared']} compared)")
+              f"(σ ≥ {SIGMA_FLOOR:g}; {result['sigma']['compared']} compared); by floor "
+              f"{ {k: f'{v:.1e}' for k, v in result['sigma_by_floor'].items()} }; memory increase ratio "
+              f"{r['peak_rss_increase_engine_over_baseline']:.2f}")
     fr = result["flop_rate"]["engine"]
     print(f"[bench] engine tangent FLOP rate {fr['gflops']:.1f} GFLOP/s = "
           f"{100 * fr['fraction_of_peak']:.0f}% of measured peak ({flops / 1e12:.2f} TFLOP counted)")
