@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -31,14 +31,14 @@ def _tmp_path(path: Path) -> Path:
     return Path(name)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(fh)`` on a temp file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -46,6 +46,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    return _atomic_write(path, lambda fh: fh.write(data))
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -90,19 +95,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save one array as ``.npy`` atomically (``allow_pickle`` is never used)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(array), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return _atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:

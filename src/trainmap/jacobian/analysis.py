@@ -52,6 +52,45 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def write_config(out: Path, cfg: dict[str, Any], resume: bool, may_change: tuple[str, ...] = ()) -> None:
+    """Write ``out/config.json``; on resume, refuse settings that differ from the stored ones.
+
+    Keys in ``may_change`` (e.g. a Lanczos step count that a resume extends) are not compared.
+    """
+    if resume and (out / "config.json").exists():
+        old = read_json(out / "config.json")
+        new = read_json_roundtrip(cfg)
+        if {k: v for k, v in old.items() if k not in may_change} != \
+                {k: v for k, v in new.items() if k not in may_change}:
+            allowed = f" (only {', '.join(may_change)} may change on --resume)" if may_change else ""
+            raise CheckpointError(f"{out}/config.json differs from this run's settings{allowed}; "
+                                  "resume with the same options, or use --overwrite")
+    atomic_write_json(out / "config.json", cfg)
+
+
+def train_and_record(
+    recipe: Recipe, theta0: Any, out: Path, dtype: np.dtype,
+    eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Train once (stopping on divergence), evaluate before/after, save θ₀, θ_T and the losses.
+
+    Returns:
+        (theta0 (P,), thetaT (P,), metrics ``{set: {"before": {...}, "after": {...}}}``).
+    """
+    sets = dict(eval_sets) if eval_sets is not None else {"train": (recipe.x, recipe.y)}
+    with precision_context(dtype):
+        th0 = jnp.asarray(theta0, dtype=dtype)
+        thT, losses = check_training(recipe, th0)
+        metrics = {name: {"before": evaluate(recipe.apply, recipe.unravel, th0, x, y),
+                          "after": evaluate(recipe.apply, recipe.unravel, thT, x, y)}
+                   for name, (x, y) in sets.items()}
+    th0_np, thT_np = np.asarray(th0), np.asarray(thT)
+    atomic_save_npy(out / "theta0.npy", th0_np)
+    atomic_save_npy(out / "thetaT.npy", thT_np)
+    atomic_save_npy(out / "train_losses.npy", losses)
+    return th0_np, thT_np, metrics
+
+
 def decompose_and_save(
     J: np.ndarray, theta0: np.ndarray, thetaT: np.ndarray, out: Path,
     thresholds: Thresholds = Thresholds(), svd_dtype: Any = None,
@@ -123,23 +162,8 @@ def analyze(
            "memory_budget_gb": memory_budget_gb, "num_params": recipe.num_params,
            "num_steps": recipe.num_steps,
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high}}
-    if resume and (out / "config.json").exists():
-        old = read_json(out / "config.json")
-        if old != read_json_roundtrip(cfg):
-            raise CheckpointError(f"{out}/config.json differs from this run's settings; resume with "
-                                  "the same options, or use --overwrite")
-    atomic_write_json(out / "config.json", cfg)
-    sets = dict(eval_sets) if eval_sets is not None else {"train": (recipe.x, recipe.y)}
-    with precision_context(dt):
-        th0 = jnp.asarray(theta0, dtype=dt)
-        thT, losses = check_training(recipe, th0)
-        metrics = {name: {"before": evaluate(recipe.apply, recipe.unravel, th0, x, y),
-                          "after": evaluate(recipe.apply, recipe.unravel, thT, x, y)}
-                   for name, (x, y) in sets.items()}
-    th0_np, thT_np = np.asarray(th0), np.asarray(thT)
-    atomic_save_npy(out / "theta0.npy", th0_np)
-    atomic_save_npy(out / "thetaT.npy", thT_np)
-    atomic_save_npy(out / "train_losses.npy", losses)
+    write_config(out, cfg, resume)
+    th0_np, thT_np, metrics = train_and_record(recipe, theta0, out, dt, eval_sets)
     t_train = time.perf_counter()
 
     jac_path = out / "jacobian.npy"

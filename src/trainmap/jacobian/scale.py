@@ -35,17 +35,16 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
-from trainmap.jacobian.exact import CheckpointError, _check_dtype, _progress, fingerprint, precision_context
+from trainmap.jacobian.exact import CheckpointError, _check_dtype, _progress, fingerprint
 from trainmap.jacobian.lanczos import (BlockLanczosState, block_lanczos_step, extreme_triplets,
                                       rademacher)
 from trainmap.jacobian.matrix_free import TrainingOperator
 from trainmap.jacobian.regions import REGIONS, Thresholds
 from trainmap.jacobian.slq import quadrature, region_counts, spectral_density
-from trainmap.recipe import Recipe, check_training, evaluate
+from trainmap.recipe import Recipe
 
 METHODS = ("lanczos", "slq")
 CONVERGED_RTOL = 1e-3  # a Ritz pair counts as converged when ‖JᵀJv − σ²v‖ / max(σ², 1) < this
@@ -173,7 +172,7 @@ def analyze_scale(
     Returns:
         The summary dictionary (also written to ``summary.json``).
     """
-    from trainmap.jacobian.analysis import _prepare_folder, read_json_roundtrip
+    from trainmap.jacobian.analysis import _prepare_folder, train_and_record, write_config
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS} (or 'exact' via analyze)")
@@ -194,24 +193,8 @@ def analyze_scale(
            "steps": m, "seed": seed, "dtype": dt.name, "segment": segment,
            "num_params": P, "num_steps": recipe.num_steps,
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high}}
-    if resume and (out / "config.json").exists():
-        old = read_json(out / "config.json")
-        new = read_json_roundtrip(cfg)
-        if {k: v for k, v in old.items() if k != "steps"} != {k: v for k, v in new.items() if k != "steps"}:
-            raise CheckpointError(f"{out}/config.json differs from this run's settings (only the number "
-                                  "of steps may change on --resume); use the same options or --overwrite")
-    atomic_write_json(out / "config.json", cfg)
-    sets = dict(eval_sets) if eval_sets is not None else {"train": (recipe.x, recipe.y)}
-    with precision_context(dt):
-        th0 = jnp.asarray(theta0, dtype=dt)
-        thT, losses = check_training(recipe, th0)
-        metrics = {name: {"before": evaluate(recipe.apply, recipe.unravel, th0, x, y),
-                          "after": evaluate(recipe.apply, recipe.unravel, thT, x, y)}
-                   for name, (x, y) in sets.items()}
-    th0_np, thT_np = np.asarray(th0), np.asarray(thT)
-    atomic_save_npy(out / "theta0.npy", th0_np)
-    atomic_save_npy(out / "thetaT.npy", thT_np)
-    atomic_save_npy(out / "train_losses.npy", losses)
+    write_config(out, cfg, resume, may_change=("steps",))
+    th0_np, thT_np, metrics = train_and_record(recipe, theta0, out, dt, eval_sets)
     t_train = time.perf_counter()
 
     # ------------------------------------------------------------------ block Lanczos
