@@ -81,7 +81,7 @@ def main() -> None:
         "num_params": setup.recipe.num_params, "num_steps": setup.recipe.num_steps,
         "probes": args.probes, "steps": args.steps, "vector_products": s["lanczos"]["vector_products"],
         "wall_time_s": wall, "peak_memory_mb": s["peak_memory_mb"],
-        "lanczos_compute_s_all_sessions": s["lanczos"]["compute_s"],
+        "lanczos_compute_s_all_runs": s["lanczos"]["compute_s"],
         "top_k": k,
         "top_k_max_rel_error": float(rel.max()),
         "top_k_median_rel_error": float(np.median(rel)),
