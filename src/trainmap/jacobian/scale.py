@@ -38,7 +38,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
-from trainmap.jacobian.exact import CheckpointError, _check_dtype, _progress, fingerprint
+from trainmap._progress import progress as _progress
+from trainmap.jacobian.exact import CheckpointError, _check_dtype, fingerprint
 from trainmap.jacobian.lanczos import (BlockLanczosState, block_lanczos_step, extreme_triplets,
                                       rademacher)
 from trainmap.jacobian.matrix_free import TrainingOperator

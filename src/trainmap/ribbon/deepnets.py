@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._progress import progress as _progress
 
 ARCHITECTURES: dict[str, dict] = {
     "mlp32-relu": dict(kind="mlp", hidden=(32,), activation="relu"),
@@ -189,7 +190,7 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
     t0 = time.perf_counter()
     probs = np.zeros((len(runs), len(steps), len(x), data.num_classes), dtype=np.float32)
     acc = np.zeros(len(runs))
-    bar = _bar(progress, len(groups), "training groups")
+    bar = _progress(progress, len(groups), "training groups")
     with bar as advance:
         for name, idx in groups.items():
             f_probs, f_acc = out / "groups" / f"{name}.npy", out / "groups" / f"{name}_acc.npy"
@@ -282,19 +283,6 @@ def embed_experiment(out: Path, probs: np.ndarray, targets: np.ndarray, runs: li
         progress_final_mean=float(progress_vals.reshape(M, R)[:, -1].mean()),
         low_dimensional_picture_holds=holds, verdict=verdict, embed_seconds=round(embed_seconds, 1),
     )
-
-
-class _bar:
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
-        from trainmap.ribbon.distances import _progress
-
-        self._p = _progress(enabled, total, description)
-
-    def __enter__(self) -> Callable[[], None]:
-        return self._p.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._p.__exit__(*exc)
 
 
 def load_summary(out_dir: str | Path) -> dict:

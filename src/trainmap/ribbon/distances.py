@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from trainmap._progress import progress as _progress
+
 EPS = 1e-12  # probabilities are clipped to [EPS, 1] before the square root
 SUM_ATOL = 1e-3  # tolerance on Σ_c p = 1 (float32 softmax is well inside this)
 
@@ -233,43 +235,6 @@ def bhattacharyya_matrix(
 def _num_blocks(M: int, M2: int, block: int, symmetric: bool) -> int:
     nb, nb2 = -(-M // block), -(-M2 // block)
     return nb * (nb + 1) // 2 if symmetric else nb * nb2
-
-
-class _progress:
-    """A rich progress bar as a context manager yielding an ``advance()`` callable."""
-
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
-        self.enabled, self.total, self.description = enabled, total, description
-        self._bar: Any = None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        import sys
-
-        if not sys.stderr.isatty():  # logs: a plain line every ~5%
-            import time
-
-            start, state = time.perf_counter(), {"done": 0}
-            every = max(1, self.total // 20)
-
-            def advance() -> None:
-                state["done"] += 1
-                if state["done"] % every == 0 or state["done"] == self.total:
-                    print(f"{self.description}: {state['done']}/{self.total} "
-                          f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
-
-            return advance
-        from rich.progress import Progress
-
-        self._bar = Progress(transient=False)
-        self._bar.start()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 # ----------------------------------------------------------------------------- Gaussian outputs

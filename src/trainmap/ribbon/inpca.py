@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from trainmap.ribbon.distances import EPS, _progress, _num_blocks, iter_bhattacharyya_blocks
+from trainmap._progress import progress as _progress
+from trainmap.ribbon.distances import EPS, _num_blocks, iter_bhattacharyya_blocks
 
 
 def double_center(D: np.ndarray, out: np.ndarray | None = None, block: int = 2048) -> tuple[np.ndarray, np.ndarray, float]:

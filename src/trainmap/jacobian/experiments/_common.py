@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import numpy as np
 import scipy.linalg
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._progress import progress_iter  # noqa: F401  (used by the experiments as C.progress_iter)
 from trainmap.jacobian.regions import REGIONS, JacobianSVD, Thresholds, classify, region_mask
 from trainmap.recipe import Recipe
 
@@ -82,15 +83,6 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
-
-
-def progress_iter(items: Iterable[Any], description: str, enabled: bool, total: int | None = None):
-    """``items`` wrapped in a rich progress bar when ``enabled``."""
-    if not enabled:
-        return items
-    from rich.progress import track
-
-    return track(items, description=description, total=total)
 
 
 def recipe_config(recipe: Recipe) -> dict[str, Any]:

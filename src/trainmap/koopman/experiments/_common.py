@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from trainmap._progress import progress_iter  # noqa: F401  (re-exported for the experiments)
 from trainmap.koopman.conjugacy import PermutationTestResult
 
 
@@ -15,15 +16,6 @@ def summarize_test(t: PermutationTestResult) -> dict:
             "between_mean": t.between_mean, "within_mean": t.within_mean, "ratio": t.ratio,
             "exact": t.exact, "n_permutations": t.n_permutations, "min_p_value": t.min_p_value,
             "distinguishable": t.distinguishable, "verdict": t.verdict}
-
-
-def progress_iter(items: Sequence[Any] | range, description: str, enabled: bool):
-    """Wrap ``items`` in a rich progress bar when ``enabled``."""
-    if not enabled:
-        return items
-    from rich.progress import track
-
-    return track(items, description=description)
 
 
 def pairs_by_group(d: np.ndarray, labels: Sequence[str]) -> dict[str, np.ndarray]:
