@@ -94,3 +94,14 @@ def test_make_recipe_rejects_unknown_loss(tiny):
     with pytest.raises(ValueError, match="unknown loss"):
         make_recipe(recipe.apply, recipe.unravel, recipe.num_params, recipe.x, recipe.y,
                     optax.sgd(0.1), batch_size=4, epochs=1, loss="hinge")
+
+
+def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from trainmap.data.digits import digits_arrays
+
+    pixels, labels = digits_arrays()
+    ref = sk_load_digits()
+    np.testing.assert_array_equal(pixels, ref.data)
+    np.testing.assert_array_equal(labels, ref.target)
