@@ -139,3 +139,29 @@ def test_memory_budget_chooses_a_chunk(tiny):
     assert 1 <= k <= recipe.num_params
     with pytest.raises(MemoryError, match="budget"):
         choose_chunk_size(recipe.train, jnp.asarray(theta0), 10)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_streaming_to_a_file_gives_the_in_memory_matrix(tmp_path, tiny, mode):
+    recipe, theta0 = tiny
+    ref = exact_jacobian(recipe, theta0, chunk_size=6, progress=False, mode=mode)
+    out = tmp_path / "J.npy"
+    J = exact_jacobian(recipe, theta0, chunk_size=6, progress=False, mode=mode, out=out)
+    assert isinstance(J, np.memmap) and J.shape == ref.shape and J.dtype == ref.dtype
+    assert J.flags.f_contiguous == (mode == "forward")  # each chunk was one contiguous write
+    np.testing.assert_array_equal(np.asarray(J), ref)
+    np.testing.assert_array_equal(np.load(out), ref)  # an ordinary .npy file
+    assert [p.name for p in tmp_path.iterdir()] == ["J.npy"]  # no temporary file left behind
+
+
+def test_interrupted_streaming_leaves_no_file_and_resumes_from_chunks(tmp_path, tiny):
+    recipe, theta0 = tiny
+    ref = exact_jacobian(recipe, theta0, chunk_size=6, progress=False)
+    out, ck = tmp_path / "J.npy", tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        exact_jacobian(recipe, theta0, chunk_size=6, checkpoint_dir=ck, progress=False,
+                       stop_after=2, out=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no half-written J.npy
+    J = exact_jacobian(recipe, theta0, chunk_size=6, checkpoint_dir=ck, resume=True,
+                       progress=False, out=out)
+    assert J.tobytes(order="F") == ref.tobytes(order="F")

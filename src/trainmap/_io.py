@@ -123,3 +123,91 @@ def atomic_savefig(fig: Any, path: str | os.PathLike, dpi: int = 130) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class NpyStreamWriter:
+    """Write a 2-D ``.npy`` file slab by slab, without holding the array in memory.
+
+    The array ``(rows, cols)`` is stored *major-axis first*: with ``fortran_order=True`` each
+    column is contiguous on disk (the file is a Fortran-ordered array), otherwise each row is.
+    :meth:`write` puts ``block`` — shape ``(n, minor)``, one slab per major index — at major
+    indices ``start .. start + n``. Data go to a temporary file beside ``path`` with ``os.pwrite``
+    (page cache, not the process's resident memory); :meth:`commit` fsyncs and renames it into
+    place, so ``path`` never holds a half-written array. Use as a context manager: leaving the
+    block without :meth:`commit` (an exception, Ctrl-C) removes the temporary file.
+    """
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, int], dtype: Any,
+                 fortran_order: bool = False) -> None:
+        self.path = Path(path)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.fortran_order = bool(fortran_order)
+        self.minor = self.shape[0] if fortran_order else self.shape[1]
+        self.major = self.shape[1] if fortran_order else self.shape[0]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _tmp_path(self.path)
+        self._fd = os.open(self._tmp, os.O_RDWR | os.O_TRUNC)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                  "fortran_order": self.fortran_order, "shape": self.shape}
+        import io
+
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, header)
+        self._offset = len(buf.getvalue())
+        os.pwrite(self._fd, buf.getvalue(), 0)
+        os.ftruncate(self._fd, self._offset + self.major * self.minor * self.dtype.itemsize)
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Store ``block`` (n, minor) at major indices ``start .. start + n``."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.ndim != 2 or block.shape[1] != self.minor or not 0 <= start <= self.major - len(block):
+            raise ValueError(f"block of shape {block.shape} at {start} does not fit a "
+                             f"{self.major} x {self.minor} major-first array")
+        data = memoryview(block).cast("B")
+        pos = self._offset + start * self.minor * self.dtype.itemsize
+        while len(data):
+            n = os.pwrite(self._fd, data, pos)
+            data, pos = data[n:], pos + n
+
+    def commit(self) -> Path:
+        """Flush to disk and rename the finished file to ``path``."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Abandon an unfinished file (removes the temporary file)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp.exists():
+            self._tmp.unlink()
+
+    def __enter__(self) -> "NpyStreamWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def release_memory(collect: bool = True) -> None:
+    """Return freed heap memory to the operating system (glibc ``malloc_trim``; else a no-op).
+
+    XLA's compiler and JAX's tracing free much of what they allocate, but glibc keeps freed
+    pages in its arenas (one per thread that allocated); trimming them keeps a long
+    computation's resident memory to what it actually holds. ``collect`` runs Python's garbage
+    collector first (slower; worth it after tracing and compiling, not between chunks).
+    """
+    if collect:
+        import gc
+
+        gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

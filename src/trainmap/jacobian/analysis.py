@@ -172,8 +172,7 @@ def analyze(
     else:
         J = exact_jacobian(recipe, th0_np, dtype=dt, chunk_size=chunk_size,
                            memory_budget_gb=memory_budget_gb, checkpoint_dir=out / "checkpoint",
-                           resume=resume, progress=progress, stop_after=stop_after)
-        atomic_save_npy(jac_path, J)
+                           resume=resume, progress=progress, stop_after=stop_after, out=jac_path)
     t_jac = time.perf_counter()
 
     dec, proj = decompose_and_save(J, th0_np, thT_np, out, thresholds, dt)

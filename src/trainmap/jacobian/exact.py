@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._io import (NpyStreamWriter, atomic_save_npy, atomic_write_json, load_npy, read_json,
+                          release_memory)
+from trainmap._progress import progress as _progress
 from trainmap.jacobian import engine as _engine
 from trainmap.recipe import Recipe, TrainingDivergedError
 
@@ -258,7 +260,8 @@ def plan_engine(
 
     * ``mode="auto"`` picks forward mode: J is square (P×P), so forward and reverse need the same
       number of directions, and forward mode needs no transposed steps.
-    * ``primal="auto"`` stores the step linearisations when they take at most half of
+    * ``primal="auto"`` stores the step linearisations (those of the MLP rules when the recipe is
+      recognised) when they take at most half of
       ``memory_budget_gb``, else recomputes the primal per chunk (reverse mode needs them stored).
     * The default chunk keeps each device's tangents near :data:`engine.CACHE_BYTES` (at most 128
       per device) for the shared primal, or is the largest that fits the budget (at most 128)
@@ -276,16 +279,22 @@ def plan_engine(
     n = len(_engine.resolve_devices(devices))
     P = recipe.num_params
     mode = "forward" if mode == "auto" else mode
+    spec = None
+    if specialize and mode == "forward" and primal != "per_chunk":
+        from trainmap.jacobian import fast_mlp
+
+        spec = fast_mlp.detect_mlp(recipe, theta0)
     rb = 0
     if primal != "per_chunk":
-        rb = _engine.residual_bytes(recipe, theta0)
+        rb = (fast_mlp.residual_bytes(recipe, spec, theta0) if spec is not None
+              else _engine.residual_bytes(recipe, theta0))
         if primal == "auto":
             primal = "shared" if rb <= budget / 2 else "per_chunk"
     if mode == "reverse" and primal != "shared":
         raise ValueError("reverse mode runs through the stored step linearisations (primal='shared'); "
                          f"they need {rb / 2**20:.0f} MiB: raise memory_budget_gb or use mode='forward'")
     if primal == "per_chunk":
-        rb = 0
+        rb, spec = 0, None
     if chunk_size:
         K = min(int(chunk_size), P)
     elif primal == "shared":
@@ -295,11 +304,7 @@ def plan_engine(
     else:
         K = choose_chunk_size(recipe.train, theta0, budget)
     K = -(-K // n) * n
-    spec = None
-    if specialize and mode == "forward" and primal == "shared":
-        from trainmap.jacobian.fast_mlp import detect_mlp
-
-        spec = detect_mlp(recipe, theta0)
+    release_memory()  # tracing and the detection's compilations leave freed heap behind
     return EnginePlan(mode, primal, K, n, rb, "mlp" if spec is not None else "autodiff", spec)
 
 
@@ -319,6 +324,7 @@ def exact_jacobian(
     primal: str = "auto",
     devices: int | Sequence[Any] | None = None,
     specialize: bool = True,
+    out: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """The exact training Jacobian J[i, j] = ∂θ_T[i] / ∂θ₀[j].
 
@@ -344,9 +350,12 @@ def exact_jacobian(
             default backend), a count, or a list of devices.
         specialize: use hand-derived tangent rules for recognised MLP recipes (forward mode,
             shared primal); False always uses JAX's linearisation of the training step.
+        out: stream J into this ``.npy`` file as chunks finish instead of holding it in memory
+            (Fortran order in forward mode, so each chunk is one contiguous write; the file
+            appears under its name only when complete). Use it when J is large next to RAM.
 
     Returns:
-        J: (P, P) NumPy array of ``dtype``.
+        J: (P, P) NumPy array of ``dtype``; with ``out``, a read-only memory map of the file.
 
     Raises:
         TrainingDivergedError: a chunk contains NaN/inf (training is not differentiable there).
@@ -368,93 +377,116 @@ def exact_jacobian(
             if resume:  # a resumed run keeps the chunk size it started with
                 K = store.chunk
         n_chunks = -(-P // K)
-        J = np.empty((P, P), dtype=dt)
         rows_of_J = plan.mode == "reverse"
-
-        def put(i: int, block: np.ndarray) -> None:
-            if rows_of_J:
-                J[i * K: i * K + block.shape[0], :] = block
-            else:
-                J[:, i * K: i * K + block.shape[0]] = block.T
-
-        done = store.done() if store is not None else {}
-        for i, checksum in sorted(done.items()):
-            put(i, store.load(i, checksum))  # type: ignore[union-attr]
-        todo = [i for i in range(n_chunks) if i not in done]
-        if not todo:
-            if store is not None and not keep_checkpoint:
-                shutil.rmtree(store.folder, ignore_errors=True)
-            return J
-        devs = _engine.resolve_devices(devices)
-        if plan.rules == "mlp":
-            from trainmap.jacobian import fast_mlp
-
-            mp = fast_mlp.mlp_primal(recipe, plan.mlp, theta0)
-            program = _engine.sharded(lambda k: fast_mlp.forward_columns(mp, k), K, devs)
-            arg = mp.residuals
-        elif plan.primal == "shared":
-            sp = _engine.shared_primal(recipe, theta0)
-            local = (lambda k: _engine.reverse_rows(sp, k)) if rows_of_J else \
-                (lambda k: _engine.forward_columns(sp, k))
-            program, arg = _engine.sharded(local, K, devs), sp.residuals
-        else:
-            program = _engine.sharded(lambda k: _jvp_columns(recipe.train, P, k), K, devs)
-            arg = theta0
-
-        def launch(i: int) -> jax.Array:  # asynchronous: returns before the chunk is computed
-            return program(arg, jnp.asarray(i * K, jnp.int32))
-
-        what = "rows" if rows_of_J else "columns"
-        computed = 0
-        label = (f"Jacobian {what} ({P} params, {K}/chunk, {plan.mode}, {plan.primal} primal, "
-                 f"{plan.rules} rules, {len(devs)} device(s))")
-        with _progress(progress, len(todo), label) as advance:
-            pending = launch(todo[0])
-            for n_i, i in enumerate(todo):
-                if stop_after is not None and computed >= stop_after:
-                    raise KeyboardInterrupt(f"stopped after {computed} chunks (stop_after)")
-                current = pending
-                if n_i + 1 < len(todo) and (stop_after is None or computed + 1 < stop_after):
-                    pending = launch(todo[n_i + 1])  # queue the next chunk before reading this one
-                rows = min(K, P - i * K)
-                block = np.asarray(current)[:rows]
-                if not np.all(np.isfinite(block)):
-                    raise TrainingDivergedError(
-                        f"{what} {i * K}..{i * K + rows - 1} of J contain NaN/inf: training is not "
-                        "differentiable along those directions (diverged or overflowed). Lower the "
-                        "learning rate or use float64. With Adam-like optimizers, parameters whose "
-                        "gradient is exactly 0 make sqrt(v) non-differentiable: pass eps_root > 0, "
-                        "e.g. optax.adam(lr, eps_root=1e-16). Finished chunks are kept."
-                    )
-                if store is not None:
-                    store.save(i, block)
-                put(i, block)
-                computed += 1
-                advance()
+        with _Assembler(P, dt, rows_of_J, out) as asm:
+            done = store.done() if store is not None else {}
+            for i, checksum in sorted(done.items()):
+                asm.put(i * K, store.load(i, checksum))  # type: ignore[union-attr]
+            todo = [i for i in range(n_chunks) if i not in done]
+            if todo:
+                _compute_chunks(recipe, theta0, plan, K, todo, asm, store, devices, progress,
+                                stop_after)
+            J = asm.finish()
         if store is not None and not keep_checkpoint:
             shutil.rmtree(store.folder, ignore_errors=True)
         return J
 
 
-class _progress:
-    """A rich progress bar over chunks (or nothing), used as ``with _progress(...) as advance``."""
+class _Assembler:
+    """Collects chunks of J: rows (reverse mode) or columns (forward mode), in memory or in ``out``."""
 
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
-        self.enabled, self.total, self.description = enabled and total > 0, total, description
-        self._bar: Any = None
+    def __init__(self, P: int, dtype: np.dtype, rows_of_J: bool, out: str | os.PathLike | None) -> None:
+        self.rows_of_J = rows_of_J
+        self.writer = NpyStreamWriter(out, (P, P), dtype, fortran_order=not rows_of_J) if out else None
+        self.J = None if out else np.empty((P, P), dtype=dtype)
 
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+    def put(self, start: int, block: np.ndarray) -> None:
+        """Store ``block`` (n, P): rows (reverse) or columns (forward) ``start .. start + n`` of J."""
+        if self.writer is not None:
+            self.writer.write(start, block)
+        elif self.rows_of_J:
+            self.J[start: start + block.shape[0], :] = block
+        else:
+            self.J[:, start: start + block.shape[0]] = block.T
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-        self._bar.start()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda: self._bar.advance(task)
+    def finish(self) -> np.ndarray:
+        if self.writer is None:
+            return self.J
+        return load_npy(self.writer.commit(), mmap=True)
+
+    def __enter__(self) -> "_Assembler":
+        return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _compute_chunks(recipe: Recipe, theta0: jax.Array, plan: EnginePlan, K: int, todo: list[int],
+                    asm: _Assembler, store: ChunkStore | None, devices: Any, progress: bool,
+                    stop_after: int | None) -> None:
+    """Run the chunks ``todo`` of ``plan``, saving each to ``store`` (if any) and ``asm``."""
+    P, rows_of_J = recipe.num_params, asm.rows_of_J
+    devs = _engine.resolve_devices(devices)
+    if plan.rules == "mlp":
+        from trainmap.jacobian import fast_mlp
+
+        # compile both programs before the residuals exist and trim the heap after each stage,
+        # so that compiler memory never adds to the residuals' (multi-device chunk programs
+        # compile on their first call)
+        shapes, compile_primal = fast_mlp.planned_primal(recipe, plan.mlp, theta0)
+        program = _engine.sharded(lambda k: fast_mlp.forward_columns(shapes, k), K, devs)
+        if len(devs) == 1:
+            program = program.lower(shapes.args, jax.ShapeDtypeStruct((), jnp.int32)).compile()
+            release_memory()
+        run_primal = compile_primal()
+        release_memory()
+        arg = run_primal().args
+    elif plan.primal == "shared":
+        sp = _engine.shared_primal(recipe, theta0)
+        local = (lambda k: _engine.reverse_rows(sp, k)) if rows_of_J else \
+            (lambda k: _engine.forward_columns(sp, k))
+        program, arg = _engine.sharded(local, K, devs), sp.residuals
+    else:
+        program = _engine.sharded(lambda k: _jvp_columns(recipe.train, P, k), K, devs)
+        arg = theta0
+    # wait for the primal pass (dispatch is asynchronous) so that its working memory is freed
+    # before the chunk program compiles, instead of both peaking together
+    jax.block_until_ready(arg)
+    release_memory()
+
+    def launch(i: int) -> jax.Array:  # asynchronous: returns before the chunk is computed
+        return program(arg, jnp.asarray(i * K, jnp.int32))
+
+    what = "rows" if rows_of_J else "columns"
+    computed = 0
+    label = (f"Jacobian {what} ({P} params, {K}/chunk, {plan.mode}, {plan.primal} primal, "
+             f"{plan.rules} rules, {len(devs)} device(s))")
+    with _progress(progress, len(todo), label) as advance:
+        pending = launch(todo[0])
+        for n_i, i in enumerate(todo):
+            if stop_after is not None and computed >= stop_after:
+                raise KeyboardInterrupt(f"stopped after {computed} chunks (stop_after)")
+            current = pending
+            if n_i + 1 < len(todo) and (stop_after is None or computed + 1 < stop_after):
+                pending = launch(todo[n_i + 1])  # queue the next chunk before reading this one
+            rows = min(K, P - i * K)
+            block = np.asarray(current)[:rows]
+            if not np.all(np.isfinite(block)):
+                raise TrainingDivergedError(
+                    f"{what} {i * K}..{i * K + rows - 1} of J contain NaN/inf: training is not "
+                    "differentiable along those directions (diverged or overflowed). Lower the "
+                    "learning rate or use float64. With Adam-like optimizers, parameters whose "
+                    "gradient is exactly 0 make sqrt(v) non-differentiable: pass eps_root > 0, "
+                    "e.g. optax.adam(lr, eps_root=1e-16). Finished chunks are kept."
+                )
+            if store is not None:
+                store.save(i, block)
+            asm.put(i * K, block)
+            # the first chunk ends the compilation; later ones leave their freed working memory
+            # in the arenas of whichever XLA threads ran them (trimming every chunk cost ~5%)
+            if computed % 8 == 0:
+                release_memory(collect=computed == 0)
+            computed += 1
+            advance()
+
