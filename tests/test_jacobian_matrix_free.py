@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_recipe
-from trainmap.jacobian.lanczos import (BlockLanczosState, block_lanczos, dense_operator,
+from trainmap.jacobian.lanczos import (block_lanczos, dense_operator,
                                       extreme_triplets, rademacher, ritz)
 from trainmap.jacobian.matrix_free import (TrainingOperator, checkpointed_train, default_segment,
                                           vjp_block)
 from trainmap.jacobian.regions import Thresholds
 from trainmap.jacobian.scale import analyze_scale
-from trainmap.jacobian.slq import quadrature, region_counts, slq_counts
+from trainmap.jacobian.slq import quadrature, slq_counts
 
 
 @pytest.fixture(scope="module")

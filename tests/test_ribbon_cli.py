@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 
 from trainmap.commands.ribbon import app
 from trainmap.record import predictions_from_arrays
-from trainmap.record.predictions import softmax
 
 
 def test_embed_and_linear_commands(tmp_path):
