@@ -61,3 +61,16 @@ def test_cli_resume_with_other_options_is_refused(tmp_path):
     fresh = tmp_path / "fresh"
     assert runner.invoke(app, [*SMALL, "--out", str(fresh)]).exit_code == 0
     assert np.load(out / "jacobian.npy").tobytes() == np.load(fresh / "jacobian.npy").tobytes()
+
+
+def test_cli_engine_options_give_the_same_matrix(tmp_path):
+    fwd, rev = tmp_path / "fwd", tmp_path / "rev"
+    assert runner.invoke(app, [*SMALL, "--out", str(fwd)]).exit_code == 0
+    res = runner.invoke(app, [*SMALL, "--out", str(rev), "--mode", "reverse", "--primal", "shared"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((rev / "config.json").read_text())["mode"] == "reverse"
+    np.testing.assert_allclose(np.load(rev / "jacobian.npy"), np.load(fwd / "jacobian.npy"),
+                               rtol=1e-5, atol=1e-6)
+    bad = runner.invoke(app, [*SMALL, "--out", str(tmp_path / "bad"), "--mode", "reverse",
+                              "--primal", "per_chunk"])
+    assert bad.exit_code == 2 and "reverse mode" in bad.output

@@ -20,6 +20,18 @@ class DType(str, Enum):
     float64 = "float64"
 
 
+class Mode(str, Enum):
+    auto = "auto"
+    forward = "forward"
+    reverse = "reverse"
+
+
+class Primal(str, Enum):
+    auto = "auto"
+    shared = "shared"
+    per_chunk = "per_chunk"
+
+
 class Method(str, Enum):
     exact = "exact"
     lanczos = "lanczos"
@@ -38,8 +50,13 @@ def jacobian(
     seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
     dtype: DType = typer.Option(DType.float32, help="Precision of the Jacobian and its SVD."),
     bulk_tol: float = typer.Option(0.1, help="Bulk is |σ−1| ≤ bulk_tol."),
-    chunk_size: int = typer.Option(0, help="Tangents per chunk (0: chosen from --memory-gb)."),
-    memory_gb: float = typer.Option(2.0, help="Memory budget of one chunk, GiB."),
+    chunk_size: int = typer.Option(0, help="Tangents per chunk (0: automatic, see the engine docs)."),
+    memory_gb: float = typer.Option(2.0, help="Memory budget (GiB) for the stored step linearisations "
+                                    "plus one chunk."),
+    mode: Mode = typer.Option(Mode.auto, help="exact: forward (columns of J), reverse (rows) or auto "
+                              "(forward)."),
+    primal: Primal = typer.Option(Primal.auto, help="exact: shared (train once, store every step's "
+                                  "linearisation), per_chunk (recompute training per chunk) or auto."),
     out: Path = typer.Option(Path("results/jacobian"), help="Results folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     overwrite: bool = typer.Option(False, help="Replace a previous results folder at --out."),
@@ -71,7 +88,7 @@ def jacobian(
                           eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
                           dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol),
                           chunk_size=chunk_size or None, memory_budget_gb=memory_gb,
-                          resume=resume, overwrite=overwrite)
+                          resume=resume, overwrite=overwrite, mode=mode.value, primal=primal.value)
     except (FileExistsError, ValueError, RuntimeError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

@@ -133,6 +133,8 @@ def analyze(
     progress: bool = True,
     stop_after: int | None = None,
     config: Mapping[str, Any] | None = None,
+    mode: str = "auto",
+    primal: str = "auto",
 ) -> dict[str, Any]:
     """Compute, decompose and report the exact training Jacobian of ``recipe`` from ``theta0``.
 
@@ -150,6 +152,7 @@ def analyze(
         progress: progress bar over chunks.
         stop_after: stop after this many new chunks (raises KeyboardInterrupt; for tests).
         config: extra JSON-able settings recorded in config.json.
+        mode, primal: engine settings, see :func:`~trainmap.jacobian.exact.exact_jacobian`.
 
     Returns:
         The summary dictionary (also written to ``summary.json``).
@@ -159,7 +162,8 @@ def analyze(
     _prepare_folder(out, resume, overwrite)
     dt = np.dtype(dtype)
     cfg = {**recipe.config, **(config or {}), "dtype": dt.name, "chunk_size": chunk_size,
-           "memory_budget_gb": memory_budget_gb, "num_params": recipe.num_params,
+           "memory_budget_gb": memory_budget_gb, "mode": mode, "primal": primal,
+           "num_params": recipe.num_params,
            "num_steps": recipe.num_steps,
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high}}
     write_config(out, cfg, resume)
@@ -172,7 +176,8 @@ def analyze(
     else:
         J = exact_jacobian(recipe, th0_np, dtype=dt, chunk_size=chunk_size,
                            memory_budget_gb=memory_budget_gb, checkpoint_dir=out / "checkpoint",
-                           resume=resume, progress=progress, stop_after=stop_after, out=jac_path)
+                           resume=resume, progress=progress, stop_after=stop_after, out=jac_path,
+                           mode=mode, primal=primal)
     t_jac = time.perf_counter()
 
     dec, proj = decompose_and_save(J, th0_np, thT_np, out, thresholds, dt)
