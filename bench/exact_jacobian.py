@@ -123,7 +123,9 @@ def child_run(which: str, hidden: int, epochs: int, out: Path, sv_path: Path, en
 
         kw = dict(engine_kw)
         stream = kw.pop("stream", False)
+        dtype = kw.pop("dtype", "float32")
         plan = plan_engine(recipe, theta0, **kw)
+        kw["dtype"] = dtype
         info["plan"] = {"mode": plan.mode, "primal": plan.primal, "rules": plan.rules, "chunk": plan.chunk,
                         "n_devices": plan.n_devices, "residual_MiB": plan.residual_bytes / 2**20}
         if stream:  # J streamed into a file beside the report, not held in memory
@@ -188,6 +190,8 @@ def main() -> None:
                          "round and as their median (the machine's speed drifts by several %%)")
     ap.add_argument("--skip-streamed", action="store_true",
                     help="do not run the engine a second time with J streamed to disk (out=)")
+    ap.add_argument("--float64-reference", action="store_true",
+                    help="also compute J in float64 (engine) and compare both float32 spectra to it")
     ap.add_argument("--tag", default="cpu", help="results file suffix, e.g. cpu or gpu")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: bench/results/...)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -245,6 +249,11 @@ def main() -> None:
         rounds.append({name: ({k: v for k, v in rep.items() if not k.startswith("_")}
                               if rep is not None else None)
                        for name, rep in (("engine", e), ("engine_streamed", st), ("baseline", b))})
+    ref64 = None
+    if a.float64_reference:
+        ref64, _ = run_child(["engine", *size_args, "--engine-kw",
+                              json.dumps({**engine_kw, "dtype": "float64"})], engine_env)
+        print(f"[bench] float64 reference (engine): {ref64['wall_s']:8.1f} s wall")
     load_after = os.getloadavg()
 
     P, T = eng["num_params"], eng["num_steps"]
@@ -303,6 +312,13 @@ def main() -> None:
             result["acceptance"].update({
                 "streamed_speedup_at_least_2x": r["speedup_wall_streamed"] >= 2.0,
                 "streamed_memory_at_most_half": r["peak_rss_streamed_over_baseline"] <= 0.5})
+        if ref64 is not None:  # how far each float32 spectrum is from the float64 one
+            floors = (1e-6, 1e-5, 1e-4, 1e-3)
+            result["vs_float64"] = {
+                name: {f"{f:g}": sigma_agreement(rep["_sv"], ref64["_sv"], f)["max_rel_diff"]
+                       for f in floors}
+                for name, rep in (("engine", eng), ("baseline", base))}
+            print(f"[bench] max rel |σ − σ_float64| by floor: {result['vs_float64']}")
         per_round = []
         for rd in rounds:
             e, st, b = rd["engine"], rd["engine_streamed"], rd["baseline"]
