@@ -131,7 +131,7 @@ def child_run(which: str, hidden: int, epochs: int, out: Path, sv_path: Path, en
     rss_peak = vm_hwm_bytes()
     if which != "baseline":  # the plan the call used, read after the timing (its checks are cached)
         kw.pop("out", None)
-        plan = plan_engine(recipe, theta0, **{k: v for k, v in kw.items() if k != "dtype"})
+        plan = plan_engine(recipe, theta0, **kw)
         info["plan"] = {"mode": plan.mode, "primal": plan.primal, "rules": plan.rules, "chunk": plan.chunk,
                         "n_devices": plan.n_devices, "residual_MiB": plan.residual_bytes / 2**20}
     info.update(wall_s=wall, cpu_s=cpu, peak_rss_bytes=rss_peak, rss_before_bytes=rss0,

@@ -7,6 +7,7 @@ into place, so a killed process never leaves a half-written file under the final
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -150,8 +151,6 @@ class NpyStreamWriter:
         self._fd = os.open(self._tmp, os.O_RDWR | os.O_TRUNC)
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype),
                   "fortran_order": self.fortran_order, "shape": self.shape}
-        import io
-
         buf = io.BytesIO()
         np.lib.format.write_array_header_2_0(buf, header)
         self._offset = len(buf.getvalue())

@@ -271,8 +271,8 @@ class MLPPrimal:
     num_params: int
     dtype: np.dtype
     unravel: Callable
-    x: Any = None
-    activation: str = "gelu"
+    x: Any
+    activation: str
 
     @property
     def args(self) -> list:
@@ -320,16 +320,8 @@ def _primal_program(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> tuple[C
 
 def residual_bytes(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> int:
     """Bytes of the stored per-step residuals and the inputs (nothing is computed)."""
-    primal, _, _ = _primal_program(recipe, spec, theta0)
-    x = recipe._data(theta0.dtype)[0]
-    return int(x.nbytes) + int(sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
-                                   for s in jax.eval_shape(primal, theta0)))
-
-
-def mlp_primal(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> MLPPrimal:
-    """Train once and store every step's residuals. theta0: (P,)."""
-    _, compile_primal = planned_primal(recipe, spec, theta0)
-    return compile_primal()()
+    shapes, _ = planned_primal(recipe, spec, theta0)
+    return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in shapes.args))
 
 
 def planned_primal(recipe: Recipe, spec: MLPSpec,

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trainmap.record.store import PredictionTrajectory, _validate_steps, open_store, save_store
+from trainmap.record.torch import _torch
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -214,17 +215,6 @@ def record_recipe_predictions(
 
 
 # ----------------------------------------------------------------------------- PyTorch
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - exercised only without torch
-        raise ImportError(
-            "the PyTorch prediction recorder needs torch; install the extra with "
-            "`pip install \"trainmap[torch]\"` (pins torch==2.13.0, the CPU build)"
-        ) from exc
-    return torch
-
-
 class TorchPredictionRecorder:
     """Records softmax outputs of a ``torch.nn.Module`` on a probe set at chosen steps.
 

@@ -24,11 +24,12 @@ from trainmap.record.store import Trajectory
 
 
 def _torch() -> Any:
+    """The torch module, or an ImportError saying how to install it (used by every torch recorder)."""
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - exercised only without torch
         raise ImportError(
-            "the PyTorch recorder needs torch; install the extra with "
+            "the PyTorch recorders need torch; install the extra with "
             "`pip install \"trainmap[torch]\"` (pins torch==2.13.0, the CPU build)"
         ) from exc
     return torch
