@@ -1,0 +1,57 @@
+"""Write ``baseline_singular_values.npz``: singular values of small runs, one per engine route.
+
+The file pins the numbers that every refactoring must reproduce bit for bit
+(``tests/test_baseline.py``). Regenerate it only when a change is *meant* to alter the numbers,
+and say so in the commit message: ``python tests/data/make_baseline.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainmap.jacobian import exact_jacobian
+from trainmap.presets import digits_mlp
+
+#: route name -> keyword arguments of exact_jacobian
+ROUTES = {
+    "mlp_rules": {},
+    "autodiff_shared": {"specialize": False},
+    "per_chunk": {"primal": "per_chunk"},
+    "reverse": {"mode": "reverse"},
+    "float64": {"dtype": np.float64},
+}
+
+#: a small version of the reference experiment: MLP 64→8→10 (610 parameters), 2 epochs (50 steps)
+SETUP = dict(hidden=8, epochs=2)
+
+
+def singular_values(route: str) -> np.ndarray:
+    """σ of J for one route on :data:`SETUP`, in J's own dtype, descending."""
+    setup = digits_mlp(**SETUP)
+    kw = dict(ROUTES[route])
+    J = exact_jacobian(setup.recipe, setup.theta0, chunk_size=64, progress=False, **kw)
+    return np.linalg.svd(np.asarray(J, dtype=np.float64), compute_uv=False)
+
+
+def gram_products() -> np.ndarray:
+    """(JᵀJ V, J V) of the matrix-free operator on :data:`SETUP` for a fixed block V: (2, 2, P)."""
+    from trainmap.jacobian.matrix_free import TrainingOperator
+
+    setup = digits_mlp(**SETUP)
+    V = np.random.default_rng(0).standard_normal((2, setup.recipe.num_params)).astype(np.float32)
+    op = TrainingOperator(setup.recipe, setup.theta0)
+    return np.stack([np.asarray(a) for a in op.gram(V)])
+
+
+def main() -> None:
+    out = Path(__file__).with_name("baseline_singular_values.npz")
+    arrays = {name: singular_values(name) for name in ROUTES}
+    arrays["matrix_free_gram"] = gram_products()
+    np.savez(out, **arrays)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
