@@ -43,7 +43,7 @@ def main() -> None:
     import jax
 
     from trainmap._io import atomic_write_json, read_json
-    from trainmap.jacobian.scale import analyze_scale, peak_memory_mb
+    from trainmap.jacobian.matrix_free.pipeline import analyze_scale, peak_memory_mb
     from trainmap.presets import digits_mlp
 
     out = Path(args.out)

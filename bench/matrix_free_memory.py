@@ -4,7 +4,7 @@ Each variant runs in its own child process (so peak resident memory is its own):
 
 * ``plain``: ``vjp`` of the plain ``lax.scan`` training run — the reverse pass stores the residuals
   of all T steps, O(T · residuals);
-* ``checkpointed``: trainmap's ``checkpointed_train`` (segments of s = ⌈√T⌉ steps under
+* ``checkpointed``: trainmap's ``Recipe.train_checkpointed`` (segments of s = ⌈√T⌉ steps under
   ``jax.checkpoint``) — stores the ⌈T/s⌉ segment boundaries and one segment's residuals.
 
 Reported per variant: XLA's compiled temp memory (deterministic), peak RSS of the child above its
@@ -38,12 +38,11 @@ CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp, numpy as np
 from trainmap.presets import digits_mlp
-from trainmap.jacobian.matrix_free import checkpointed_train, vjp_block, default_segment
+from trainmap.recipe import default_segment
 hidden, epochs, k, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 s = digits_mlp(hidden=hidden, epochs=epochs)
 r = s.recipe
-train = checkpointed_train(r, 0 if variant == "plain" else None)
-f = jax.jit(vjp_block(train))
+f = jax.jit(lambda t, w: r.vjp(t, w, 0 if variant == "plain" else None))
 W = jnp.asarray(np.random.default_rng(0).normal(size=(k, r.num_params)).astype(np.float32))
 th = jnp.asarray(s.theta0)
 compiled = f.lower(th, W).compile()

@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from trainmap._io import atomic_write_json, load_npy, read_json
-    from trainmap.jacobian.scale import analyze_scale
+    from trainmap.jacobian.matrix_free.pipeline import analyze_scale
     from trainmap.presets import digits_mlp
 
     exact = Path(args.exact)

@@ -46,9 +46,10 @@ def test_cli_refuses_to_overwrite_without_flag_and_resume_finishes(tmp_path):
 
 
 def test_cli_resume_with_other_options_is_refused(tmp_path):
+    import pytest
+
     from trainmap.jacobian.analysis import analyze
     from trainmap.presets import digits_mlp
-    import pytest
 
     out = tmp_path / "run"
     s = digits_mlp(hidden=4, epochs=1, batch_size=200)

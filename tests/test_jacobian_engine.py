@@ -23,7 +23,7 @@ import pytest
 
 from conftest import tiny_recipe
 from trainmap.jacobian.exact import CheckpointError, exact_jacobian, plan_engine
-from trainmap.jacobian.fast_mlp import detect_mlp
+from trainmap.jacobian.exact.mlp_rules import detect_mlp
 from trainmap.models import mlp
 from trainmap.recipe import Recipe, flat_params, make_recipe
 

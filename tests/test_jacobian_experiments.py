@@ -12,13 +12,28 @@ import pytest
 
 from conftest import tiny_recipe
 from trainmap.jacobian.exact import exact_jacobian
-from trainmap.jacobian.experiments import (ExperimentError, choose_basis, data_label_dependence,
-                                           jacobian_spectrum, jacobian_svd, kl_per_direction,
-                                           linearized_explanation, noise_inputs, ood_effect,
-                                           output_gram, overlap, parameter_change,
-                                           perturbation_response, principal_cosines,
-                                           random_orthonormal, random_overlap, restricted_final,
-                                           restricted_training, seed_overlap, shuffled_labels)
+from trainmap.jacobian.experiments import (
+    ExperimentError,
+    choose_basis,
+    data_label_dependence,
+    jacobian_spectrum,
+    jacobian_svd,
+    kl_per_direction,
+    linearized_explanation,
+    noise_inputs,
+    ood_effect,
+    output_gram,
+    overlap,
+    parameter_change,
+    perturbation_response,
+    principal_cosines,
+    random_orthonormal,
+    random_overlap,
+    restricted_final,
+    restricted_training,
+    seed_overlap,
+    shuffled_labels,
+)
 from trainmap.jacobian.experiments._common import spectrum_from_jacobian
 from trainmap.jacobian.experiments.perturbation import linear_range
 from trainmap.jacobian.regions import svd
@@ -239,7 +254,7 @@ def test_dependence_and_seed_overlap_with_cached_jacobians(run, tmp_path):
     s = data_label_dependence(recipe, theta0, tmp_path / "d", dec=dec, variants={"same": recipe},
                               chunk_size=recipe.num_params, progress=False)
     assert s["overlaps"]["same"]["overlap"] == pytest.approx(1.0, abs=1e-3)
-    assert (tmp_path / "d" / "jacobians" / "same" / "spectrum.json").exists()
+    assert (tmp_path / "d" / "jacobians" / "same" / "summary.json").exists()
     # a cached spectrum is reused, and refused for another θ₀
     again = jacobian_spectrum(recipe, theta0, tmp_path / "d" / "jacobians" / "same", progress=False)
     np.testing.assert_array_equal(again.S, np.load(tmp_path / "d" / "sigma_same.npy"))
@@ -258,6 +273,6 @@ def test_dependence_and_seed_overlap_with_cached_jacobians(run, tmp_path):
     assert s["baseline"] == pytest.approx(s["k"] / recipe.num_params)
     assert len(np.load(tmp_path / "s" / "cosines_0-1.npy")) == s["k"]
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
-    assert "finding" in summary and "report.html" in {p.name for p in (tmp_path / "s").iterdir()}
+    assert "finding" in summary and "manifest.json" in {p.name for p in (tmp_path / "s").iterdir()}
     with pytest.raises(ValueError, match="two distinct seeds"):
         seed_overlap(make, [3, 3], tmp_path / "s2")

@@ -26,7 +26,7 @@ def test_reproduce_subset_then_subcommand_reuses_the_main_jacobian(tmp_path):
     frac = s["experiments"]["change"]["energy_fraction"]
     assert abs(sum(frac.values()) - 1) < 1e-4
     for name in ("findings.md", "report.html", "0_spectrum.png", "5_seed_cosines.png",
-                 "jacobians/seed0/jacobian.npy", "jacobians/seed1/spectrum.json", "seeds/summary.json"):
+                 "jacobians/seed0/jacobian.npy", "jacobians/seed1/summary.json", "seeds/report.html", "seeds/summary.json"):
         assert (out / name).exists(), name
     # a second run refuses to overwrite; --resume reuses everything
     again = runner.invoke(app, [*TINY, "reproduce", "--out", str(out), "--only", "change"])
@@ -47,3 +47,20 @@ def test_reproduce_subset_then_subcommand_reuses_the_main_jacobian(tmp_path):
     bad = runner.invoke(app, [*TINY, "--out", str(jdir), "seeds", "--seeds", "4,4",
                               "--out", str(tmp_path / "s")])
     assert bad.exit_code == 2 and "two distinct seeds" in bad.output
+
+
+def test_group_dtype_reaches_the_experiments_jacobian(tmp_path):
+    """`trainmap jacobian --dtype float64 change` builds its main Jacobian in float64 (the group's
+    options travel in an explicit setup object), and a float32 folder is not reused for it."""
+    import numpy as np
+
+    jdir, out = tmp_path / "main64", tmp_path / "change64"
+    res = runner.invoke(app, [*TINY, "--dtype", "float64", "--out", str(jdir), "change", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((jdir / "config.json").read_text())["dtype"] == "float64"
+    assert np.load(jdir / "jacobian.npy", mmap_mode="r").dtype == np.float64
+    assert np.load(jdir / "singular_values.npy").dtype == np.float64
+    assert json.loads((out / "config.json").read_text())["setup"]["dtype"] == "float64"
+    # the same main folder asked for in float32: refused, with the reason
+    again = runner.invoke(app, [*TINY, "--out", str(jdir), "change", "--out", str(tmp_path / "c32")])
+    assert again.exit_code == 2 and "float64" in again.output

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_recipe
-from trainmap.jacobian.lanczos import (block_lanczos, dense_operator,
-                                      extreme_triplets, rademacher, ritz)
-from trainmap.jacobian.matrix_free import (TrainingOperator, checkpointed_train, default_segment,
-                                          vjp_block)
+from trainmap.jacobian.matrix_free import TrainingOperator
+from trainmap.jacobian.matrix_free.lanczos import block_lanczos, dense_operator, extreme_triplets, rademacher, ritz
+from trainmap.jacobian.matrix_free.pipeline import analyze_scale
+from trainmap.jacobian.matrix_free.slq import quadrature, slq_counts
 from trainmap.jacobian.regions import Thresholds
-from trainmap.jacobian.scale import analyze_scale
-from trainmap.jacobian.slq import quadrature, slq_counts
+from trainmap.recipe import default_segment
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def test_reverse_pass_with_other_segments_equals_the_exact_transpose(tiny64, seg
     recipe, theta0, J = tiny64
     W = np.random.default_rng(3).normal(size=(2, recipe.num_params))
     with jax.enable_x64(True):
-        f = jax.jit(vjp_block(checkpointed_train(recipe, segment)))
+        f = jax.jit(lambda t, w: recipe.vjp(t, w, segment))
         np.testing.assert_allclose(np.asarray(f(theta0, W)), W @ J, rtol=0, atol=1e-12)
 
 
@@ -75,7 +74,7 @@ def test_checkpointed_train_equals_plain_train(tiny64):
     assert default_segment(9) == 3 and default_segment(10) == 4 and default_segment(1) == 1
     plain = np.asarray(recipe.train(theta0.astype(np.float32)))
     for seg in (None, 4, 100):
-        got = np.asarray(checkpointed_train(recipe, seg)(theta0.astype(np.float32)))
+        got = np.asarray(recipe.train_checkpointed(theta0.astype(np.float32), seg))
         np.testing.assert_allclose(got, plain, rtol=0, atol=1e-6)
 
 
@@ -85,7 +84,7 @@ def test_bad_block_shape_is_a_clear_error(tiny64):
     with pytest.raises(ValueError, match=r"\(k, 39\)"):
         op.matvec(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="segment"):
-        checkpointed_train(recipe, -1)
+        recipe.train_checkpointed(theta0, -1)
 
 
 # ----------------------------------------------------------------------------- lanczos
@@ -192,7 +191,7 @@ def test_analyze_scale_tiny_matches_exact_and_resumes(tmp_path, tiny64):
         assert lo - tol <= n <= hi + tol
         assert abs(full[r]["count"] - n) <= tol + (hi - lo) / 2, (r, full[r], n)
     out = tmp_path / "b"
-    for name in ("config.json", "summary.json", "density.png", "extreme_sigma.png", "report.html",
+    for name in ("config.json", "summary.json", "density.png", "extreme_sigma.png", "manifest.json",
                  "slq_nodes.npy", "slq_weights.npy", "top_V.npy", "top_U.npy", "bottom_V.npy"):
         assert (out / name).exists(), name
     V = np.load(out / "top_V.npy")
@@ -222,3 +221,20 @@ def test_cli_method_slq_writes_estimates(tmp_path):
     assert (out / "density.png").exists() and (out / "top_V.npy").exists()
     assert not (out / "bottom_V.npy").exists()  # slq writes the chaotic end only
     assert "chaotic" in res.output and "quadrature range" in res.output
+
+
+def test_scipy_linear_operator_equals_dense_products(tiny64):
+    """``to_scipy()`` is a LinearOperator: matvec, rmatvec and matmat equal the dense J."""
+    import scipy.sparse.linalg as spla
+
+    recipe, theta0, J = tiny64
+    op = TrainingOperator(recipe, theta0, dtype=np.float64, devices=jax.devices()[:1])
+    A = op.to_scipy()
+    assert isinstance(A, spla.LinearOperator) and A.shape == J.shape
+    rng = np.random.default_rng(4)
+    v, V = rng.normal(size=J.shape[1]), rng.normal(size=(J.shape[1], 3))
+    np.testing.assert_allclose(A @ v, J @ v, rtol=0, atol=1e-12 * np.abs(J).max() * 10)
+    np.testing.assert_allclose(A.rmatvec(v), J.T @ v, rtol=0, atol=1e-12 * np.abs(J).max() * 10)
+    np.testing.assert_allclose(A @ V, J @ V, rtol=0, atol=1e-12 * np.abs(J).max() * 10)
+    top = spla.svds(A, k=2, return_singular_vectors=False)
+    np.testing.assert_allclose(np.sort(top), np.sort(np.linalg.svd(J, compute_uv=False))[-2:], rtol=1e-8)

@@ -20,9 +20,9 @@ import jax
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from conftest import tiny_recipe
-from trainmap.jacobian.lanczos import block_lanczos, extreme_triplets, rademacher
+from trainmap.jacobian.matrix_free.lanczos import block_lanczos, extreme_triplets, rademacher
 from trainmap.jacobian.matrix_free import TrainingOperator
-from trainmap.jacobian.slq import quadrature, region_counts
+from trainmap.jacobian.matrix_free.slq import quadrature, region_counts
 
 assert len(jax.devices()) == 2, jax.devices()
 recipe, theta0 = tiny_recipe()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainmap.jacobian.regions import (BULK, CHAOTIC, STABLE, Thresholds, classify, project_change,
-                                       region_summary, svd)
+from trainmap.jacobian.regions import BULK, CHAOTIC, STABLE, Thresholds, classify, project_change, region_summary, svd
 
 
 def _orth(rng, n):

@@ -22,7 +22,7 @@ def test_omd_ogd_reproduces_the_published_separation(tmp_path):
     # the published swap test can never produce a shuffled distance above the observed one
     assert s["published_shuffle_test"]["OMD-OGD"]["max_shuffled_minus_observed"] <= 1e-12
     assert _summary(tmp_path)["reproduces_separation"] is True
-    assert (tmp_path / "spectra.png").exists() and (tmp_path / "report.html").exists()
+    assert (tmp_path / "spectra.png").exists() and (tmp_path / "manifest.json").exists()
 
 
 def test_omd_and_ogd_iterates_are_related_by_x_equals_exp_u():

@@ -18,8 +18,8 @@ from trainmap.cli import app  # noqa: E402
 from trainmap.report.html import FLOAT32_NOTE, derived_warnings, render_report, write_report  # noqa: E402
 from trainmap.report.interactive import (  # noqa: E402
     MAX_POINTS,
-    embedding_figure,
     eigenvalue_figure,
+    embedding_figure,
     find_views,
     save_plotly,
 )

@@ -1,6 +1,6 @@
 """Atomic, pickle-free storage helpers shared by every lens.
 
-A *results folder* (see DESIGN.md) holds ``config.json``, ``summary.json``, ``.npy`` arrays and
+A *results folder* (see :mod:`trainmap.results`) holds ``config.json``, ``summary.json``, ``.npy`` arrays and
 ``.png`` figures. Every write here goes to a temporary name in the same folder and is renamed
 into place, so a killed process never leaves a half-written file under the final name.
 """

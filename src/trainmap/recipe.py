@@ -13,8 +13,11 @@ inside, the optimizer sees the model's own pytree, so structure-aware optax tran
 
 from __future__ import annotations
 
+import hashlib
+import math
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,16 +77,69 @@ def epoch_batches(
     return np.concatenate(rows).astype(np.int32)
 
 
-# ----------------------------------------------------------------------------- recipe
+# ----------------------------------------------------------------------------- state
+class TrainState(NamedTuple):
+    """The state of a training run between two steps (a pytree).
+
+    Attributes:
+        theta: (P,) flat parameters.
+        opt_state: the optax optimizer's state (on the model's parameter pytree).
+        anchor: (P,) the initial parameters θ₀ when the recipe has a ``project`` map (which reads
+            them), else None.
+    """
+
+    theta: jax.Array
+    opt_state: Any
+    anchor: jax.Array | None = None
+
+
+def _dtype(leaf: Any) -> np.dtype:
+    return leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """How the optimizer state splits into float leaves (differentiated) and the rest (counters).
+
+    Attributes:
+        treedef: the optimizer state's pytree structure.
+        is_float: one flag per leaf: True for inexact leaves, which carry tangents.
+        float_shapes: shapes of the float leaves (each tangent adds a leading K).
+    """
+
+    treedef: Any
+    is_float: tuple[bool, ...]
+    float_shapes: tuple[tuple[int, ...], ...]
+
+    @staticmethod
+    def of(state: Any) -> "StateLayout":
+        leaves, treedef = jax.tree_util.tree_flatten(state)
+        is_float = tuple(bool(jnp.issubdtype(_dtype(leaf), jnp.inexact)) for leaf in leaves)
+        shapes = tuple(tuple(jnp.shape(leaf)) for leaf, f in zip(leaves, is_float) if f)
+        return StateLayout(treedef, is_float, shapes)
+
+    def split(self, state: Any) -> tuple[list, list]:
+        """(float leaves, other leaves) of ``state``."""
+        leaves = jax.tree_util.tree_leaves(state)
+        return ([x for x, f in zip(leaves, self.is_float) if f],
+                [x for x, f in zip(leaves, self.is_float) if not f])
+
+    def join(self, floats: Sequence, others: Sequence) -> Any:
+        """The inverse of :meth:`split`."""
+        fi, oi = iter(floats), iter(others)
+        return self.treedef.unflatten([next(fi) if f else next(oi) for f in self.is_float])
+
+
 class TrainRecord(NamedTuple):
     """What :meth:`Recipe.run` records.
 
     Attributes:
-        theta_T: (P,) final parameters.
+        theta_T: (P,) final parameters (runs first for :meth:`Recipe.run_many`).
         losses: (T,) training loss of each step's batch, before that step's update.
-        steps: (R,) step indices at which parameters were recorded (0 = initial).
+        steps: (R,) step indices at which the run was observed (0 = initial).
         params: (R, P) recorded flat parameters, or None.
         probe_outputs: (R, N_probe, C) model outputs on the probe inputs, or None.
+        observed: (R, ...) pytree of ``observe(state)`` at the recorded steps, or None.
     """
 
     theta_T: jax.Array
@@ -91,11 +147,27 @@ class TrainRecord(NamedTuple):
     steps: np.ndarray
     params: jax.Array | None
     probe_outputs: jax.Array | None
+    observed: Any = None
 
 
+def record_steps(num_steps: int, record_every: int) -> np.ndarray:
+    """Steps 0, k, 2k, ... and the last step T (``record_every`` = k; k <= 0: only 0 and T)."""
+    k = num_steps if record_every <= 0 else int(record_every)
+    steps = list(range(0, num_steps + 1, k))
+    if steps[-1] != num_steps:
+        steps.append(num_steps)
+    return np.asarray(steps)
+
+
+# ----------------------------------------------------------------------------- recipe
 @dataclass(frozen=True, eq=False)
 class Recipe:
-    """One training run, minus its initial parameters.
+    """One training run, minus its initial parameters: the JAX implementation of
+    :class:`~trainmap.protocol.TrainingMap`.
+
+    Like an optax transform, a recipe is a pair of pure functions, :meth:`init` and :meth:`step`;
+    :meth:`train`, :meth:`run` and :meth:`run_many` scan them over the batch schedule, and every
+    trainer in the package goes through them.
 
     Attributes:
         apply: ``apply(params, x) -> outputs``; x: (B, ...), outputs: (B, C).
@@ -107,6 +179,8 @@ class Recipe:
         unravel: maps a flat (P,) vector to the model's parameter pytree.
         num_params: P.
         config: JSON-able description of how the recipe was built (written to config.json).
+        project: optional ``project(params, params0) -> params`` applied after every update (a
+            constraint such as a fixed weight norm); it reads the initial parameters.
     """
 
     apply: Callable[[Params, jax.Array], jax.Array]
@@ -118,6 +192,7 @@ class Recipe:
     unravel: Callable[[jax.Array], Params]
     num_params: int
     config: dict = field(default_factory=dict)
+    project: Callable[[Params, Params], Params] | None = None
 
     def __post_init__(self) -> None:
         batches = np.asarray(self.batches)
@@ -150,11 +225,11 @@ class Recipe:
             self.apply, self.loss, self.optimizer,
             self.x if x is None else x, self.y if y is None else y,
             self.batches if batches is None else np.asarray(batches),
-            self.unravel, self.num_params, {**self.config, **config},
+            self.unravel, self.num_params, {**self.config, **config}, self.project,
         )
 
-    # ------------------------------------------------------------------ core
-    def _data(self, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    def inputs(self, dtype: Any) -> tuple[jax.Array, jax.Array]:
+        """The training data as JAX arrays: (x (N, ...), y (N, ...)); float arrays cast to ``dtype``."""
         x = jnp.asarray(self.x)
         if jnp.issubdtype(x.dtype, jnp.floating):
             x = x.astype(dtype)
@@ -163,7 +238,8 @@ class Recipe:
             y = y.astype(dtype)
         return x, y
 
-    def _check_theta(self, theta0: jax.Array) -> jax.Array:
+    def check_theta(self, theta0: Any) -> jax.Array:
+        """``theta0`` as a JAX array, or a ValueError when it is not a (P,) vector."""
         theta0 = jnp.asarray(theta0)
         if theta0.shape != (self.num_params,):
             raise ValueError(
@@ -172,26 +248,52 @@ class Recipe:
             )
         return theta0
 
-    def _step_fn(self, x: jax.Array, y: jax.Array, dtype: Any) -> Callable:
-        """One optimizer step on the flat parameters: (theta, opt_state), idx -> ..., loss."""
+    # ------------------------------------------------------------------ the pure pair
+    def init(self, theta0: jax.Array) -> TrainState:
+        """The state before the first step. theta0: (P,) flat parameters (their dtype is kept)."""
+        theta0 = self.check_theta(theta0)
+        anchor = theta0 if self.project is not None else None
+        return TrainState(theta0, self.optimizer.init(self.unravel(theta0)), anchor)
 
-        def step(carry: tuple, idx: jax.Array) -> tuple[tuple, jax.Array]:
-            theta, opt_state = carry
-            params = self.unravel(theta)
+    def update_params(self, params: Params, opt_state: Any, grads: Params,
+                      anchor: jax.Array | None = None) -> tuple[Params, Any]:
+        """The optimizer's half of a step, on the parameter pytree: ``(params', opt_state')``.
 
-            def tree_loss(p: Params) -> jax.Array:
-                return self.loss(self.apply(p, x[idx]), y[idx])
+        ``grads`` is the batch loss's gradient at ``params``; ``anchor`` is the state's θ₀ (read
+        by ``project``). This is the only place where updates are applied.
+        """
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if self.project is not None:
+            params = self.project(params, self.unravel(anchor))
+        return params, opt_state
 
-            loss, grads = jax.value_and_grad(tree_loss)(params)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            new_theta = ravel_pytree(params)[0].astype(dtype)
-            return (new_theta, opt_state), loss
+    def step_with_loss(self, state: TrainState, batch_index: jax.Array) -> tuple[TrainState, jax.Array]:
+        """One optimizer step on the batch ``batch_index`` ((B,) indices into x/y).
 
-        return step
+        Returns:
+            (the next state, the batch's loss before the update).
+        """
+        theta = state.theta
+        x, y = self.inputs(theta.dtype)
+        params = self.unravel(theta)
 
-    def _init_state(self, theta0: jax.Array) -> Any:
-        return self.optimizer.init(self.unravel(theta0))
+        def tree_loss(p: Params) -> jax.Array:
+            return self.loss(self.apply(p, x[batch_index]), y[batch_index])
+
+        loss, grads = jax.value_and_grad(tree_loss)(params)
+        params, opt_state = self.update_params(params, state.opt_state, grads, state.anchor)
+        return TrainState(ravel_pytree(params)[0].astype(theta.dtype), opt_state, state.anchor), loss
+
+    def step(self, state: TrainState, batch_index: jax.Array) -> TrainState:
+        """One optimizer step: ``state -> state`` on the batch ``batch_index`` ((B,) indices)."""
+        return self.step_with_loss(state, batch_index)[0]
+
+    # ------------------------------------------------------------------ whole runs
+    def train_with_losses(self, theta0: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Like :meth:`train` but also returns the (T,) per-step batch losses."""
+        state, losses = jax.lax.scan(self.step_with_loss, self.init(theta0), jnp.asarray(self.batches))
+        return state.theta, losses
 
     def train(self, theta0: jax.Array) -> jax.Array:
         """Run the whole training. Pure and differentiable.
@@ -202,21 +304,116 @@ class Recipe:
         Returns:
             (P,) final flat parameters theta_T.
         """
-        theta0 = self._check_theta(theta0)
-        x, y = self._data(theta0.dtype)
-        step = self._step_fn(x, y, theta0.dtype)
-        (theta, _), _ = jax.lax.scan(step, (theta0, self._init_state(theta0)), jnp.asarray(self.batches))
-        return theta
+        return self.train_with_losses(theta0)[0]
 
-    def train_with_losses(self, theta0: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Like :meth:`train` but also returns the (T,) per-step batch losses."""
-        theta0 = self._check_theta(theta0)
-        x, y = self._data(theta0.dtype)
-        step = self._step_fn(x, y, theta0.dtype)
-        (theta, _), losses = jax.lax.scan(
-            step, (theta0, self._init_state(theta0)), jnp.asarray(self.batches)
-        )
-        return theta, losses
+    def train_checkpointed(self, theta0: jax.Array, segment: int | None = None) -> jax.Array:
+        """:meth:`train` with its reverse pass rematerialised in segments of ``segment`` steps.
+
+        The forward pass keeps only the state at segment boundaries; reverse mode recomputes one
+        segment at a time, so its memory is O(√T · state) for the default ``segment`` = ⌈√T⌉
+        instead of O(T · residuals). ``segment=0`` is the plain :meth:`train`. Values equal
+        :meth:`train`'s.
+        """
+        T = self.num_steps
+        if segment == 0:
+            return self.train(theta0)
+        s = default_segment(T) if segment is None else int(segment)
+        if s < 1:
+            raise ValueError(f"segment must be >= 0 (0: no checkpointing), got {segment}")
+        s = min(s, T)
+        n_seg, rem = divmod(T, s)
+        batches = jnp.asarray(self.batches)
+
+        @jax.checkpoint
+        def run_segment(state: TrainState, idx: jax.Array) -> tuple[TrainState, None]:
+            return jax.lax.scan(self.step_with_loss, state, idx)[0], None
+
+        state, _ = jax.lax.scan(run_segment, self.init(theta0), batches[: n_seg * s].reshape(n_seg, s, -1))
+        if rem:
+            state, _ = run_segment(state, batches[n_seg * s:])
+        return state.theta
+
+    def jvp(self, theta0: jax.Array, V: jax.Array) -> jax.Array:
+        """J V as rows: V (k, P) -> (k, P), row i = J v_i (vmapped forward mode; not jitted)."""
+        return jax.vmap(lambda v: jax.jvp(self.train, (theta0,), (v,))[1])(V)
+
+    def vjp(self, theta0: jax.Array, W: jax.Array, segment: int | None = None) -> jax.Array:
+        """Jᵀ W as rows: W (k, P) -> (k, P), row i = Jᵀ w_i (reverse mode through
+        :meth:`train_checkpointed` with ``segment``; not jitted)."""
+        _, pullback = jax.vjp(lambda t: self.train_checkpointed(t, segment), theta0)
+        return jax.vmap(lambda w: pullback(w)[0])(W)
+
+    def linearized_steps(self, theta0: jax.Array,
+                         rule: Callable[[TrainState, jax.Array], tuple[TrainState, Any]] | None = None,
+                         ) -> tuple[Callable[[jax.Array], Any], StateLayout]:
+        """Training once, keeping each step's linearisation (the exact engine's primal pass).
+
+        Args:
+            theta0: (P,) initial parameters (only their shape and dtype are read here).
+            rule: ``rule(state, batch_index) -> (next state, linear map)``: a specialised tangent
+                rule (e.g. the exact engine's MLP rules) returning any pytree; None: JAX's
+                ``linearize`` of :meth:`step` in (θ, float leaves of the optimizer state), whose
+                linear map is ``(dθ: (P,), ds: list of float leaves) -> (dθ', ds')``.
+
+        Returns:
+            ``(primal, layout)``: ``primal(theta0)`` is pure (jit it) and returns the pytree of
+            the T steps' linear maps stacked over steps (every leaf (T, ...));
+            ``jax.eval_shape(primal, theta0)`` sizes it without computing. ``layout`` splits
+            the optimizer state into float and other leaves.
+        """
+        state_shape = jax.eval_shape(self.init, theta0)
+        layout = StateLayout.of(state_shape.opt_state)
+
+        def default_rule(state: TrainState, idx: jax.Array) -> tuple[TrainState, Any]:
+            floats, others = layout.split(state.opt_state)
+
+            def f(th: jax.Array, fl: list) -> tuple:
+                nxt = self.step(TrainState(th, layout.join(fl, others), state.anchor), idx)
+                f2, o2 = layout.split(nxt.opt_state)
+                return (nxt.theta, f2), o2
+
+            (theta2, floats2), lin, others2 = jax.linearize(f, state.theta, floats, has_aux=True)
+            return TrainState(theta2, layout.join(floats2, others2), state.anchor), lin
+
+        body = default_rule if rule is None else rule
+
+        def primal(theta: jax.Array) -> Any:
+            return jax.lax.scan(body, self.init(theta), jnp.asarray(self.batches))[1]
+
+        return primal, layout
+
+    def fingerprint(self) -> str:
+        """A SHA-256 of everything that determines the run given θ₀: the program of one training
+        step (its jaxpr, traced at float32, with every constant: data, learning rates, model),
+        the batch order and the size P. Two recipes built differently (another optimizer,
+        learning rate, model or loss) differ here even when their ``config`` is the same."""
+        cached = _FINGERPRINTS.get(self)
+        if cached is not None:
+            return cached
+        theta = jax.ShapeDtypeStruct((self.num_params,), jnp.float32)
+        state = jax.eval_shape(self.init, theta)
+        idx = jax.ShapeDtypeStruct(np.shape(self.batches)[1:], jnp.asarray(self.batches).dtype)
+        closed = jax.make_jaxpr(self.step_with_loss)(state, idx)
+        h = hashlib.sha256()
+        h.update(str(closed.jaxpr).encode())
+        for c in closed.consts:
+            a = np.asarray(c)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(np.asarray(self.batches)).tobytes())
+        h.update(f"P={self.num_params}".encode())
+        digest = h.hexdigest()
+        _FINGERPRINTS[self] = digest
+        return digest
+
+    def advance(self, state: TrainState, start: Any, stop: Any,
+                batches: jax.Array | None = None) -> TrainState:
+        """Steps ``start .. stop - 1`` of the schedule (``batches``: another (T, B) schedule).
+
+        ``start`` and ``stop`` may be traced (``lax.fori_loop``), so one compiled program serves
+        every segment of a recorded run."""
+        sched = jnp.asarray(self.batches if batches is None else batches)
+        return jax.lax.fori_loop(start, stop, lambda i, s: self.step(s, sched[i]), state)
 
     def run(
         self,
@@ -224,6 +421,8 @@ class Recipe:
         record_every: int = 0,
         probe: Any = None,
         record_params: bool = True,
+        observe: Callable[[TrainState], Any] | None = None,
+        batches: jax.Array | None = None,
     ) -> TrainRecord:
         """Train and record the trajectory every ``record_every`` steps.
 
@@ -233,56 +432,112 @@ class Recipe:
                 only the initial and final points.
             probe: optional (N_probe, ...) inputs on which outputs are recorded.
             record_params: whether to keep the (R, P) parameter trajectory.
+            observe: optional ``observe(state) -> pytree`` recorded at the same steps (e.g. one
+                layer's weights, or metrics).
+            batches: another (T, B) schedule of the same shape (may be traced: ``vmap`` over
+                per-run data orders).
 
         Returns:
-            A :class:`TrainRecord`.
+            A :class:`TrainRecord`. Pure: ``jax.jit`` and ``jax.vmap`` apply.
         """
-        theta0 = self._check_theta(theta0)
         T = self.num_steps
         k = T if record_every <= 0 else int(record_every)
-        x, y = self._data(theta0.dtype)
-        step = self._step_fn(x, y, theta0.dtype)
-        batches = jnp.asarray(self.batches)
         probe_arr = None
         if probe is not None:
             probe_arr = jnp.asarray(probe)
             if jnp.issubdtype(probe_arr.dtype, jnp.floating):
-                probe_arr = probe_arr.astype(theta0.dtype)
+                probe_arr = probe_arr.astype(jnp.asarray(theta0).dtype)
 
-        def snapshot(theta: jax.Array) -> tuple:
+        def snapshot(state: TrainState) -> tuple:
+            theta = state.theta
             p = theta if record_params else None
             o = self.apply(self.unravel(theta), probe_arr) if probe_arr is not None else None
-            return p, o
+            return p, o, None if observe is None else observe(state)
 
         n_blocks, rem = divmod(T, k)
+        batches = jnp.asarray(self.batches if batches is None else batches)
 
-        def block(carry: tuple, idx_block: jax.Array) -> tuple[tuple, tuple]:
-            carry, losses = jax.lax.scan(step, carry, idx_block)
-            return carry, (losses, snapshot(carry[0]))
+        def block(state: TrainState, idx_block: jax.Array) -> tuple[TrainState, tuple]:
+            state, losses = jax.lax.scan(self.step_with_loss, state, idx_block)
+            return state, (losses, snapshot(state))
 
-        carry = (theta0, self._init_state(theta0))
-        carry, (block_losses, snaps) = jax.lax.scan(
-            block, carry, batches[: n_blocks * k].reshape(n_blocks, k, -1)
-        )
+        state0 = self.init(theta0)
+        state, (block_losses, snaps) = jax.lax.scan(
+            block, state0, batches[: n_blocks * k].reshape(n_blocks, k, -1))
         losses = [block_losses.reshape(-1)]
-        steps = list(range(0, T + 1 - rem, k))
-        first = snapshot(theta0)
-        parts = [(first[0], first[1])]
+        pieces = [jax.tree_util.tree_map(lambda a: a[None], snapshot(state0)), snaps]
         if rem:
-            carry, rem_losses = jax.lax.scan(step, carry, batches[n_blocks * k:])
+            state, rem_losses = jax.lax.scan(self.step_with_loss, state, batches[n_blocks * k:])
             losses.append(rem_losses)
-            last = snapshot(carry[0])
-            steps.append(T)
+            pieces.append(jax.tree_util.tree_map(lambda a: a[None], snapshot(state)))
+        stacked = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *pieces)
+        return TrainRecord(state.theta, jnp.concatenate(losses), record_steps(T, k), *stacked)
 
-        def stack(i: int) -> jax.Array | None:
-            if parts[0][i] is None:
-                return None
-            pieces = [parts[0][i][None], snaps[i]]
-            if rem:
-                pieces.append(last[i][None])
-            return jnp.concatenate(pieces)
+    def run_many(
+        self,
+        thetas: Any,
+        steps: Sequence[int],
+        observe: Callable[[TrainState], Any],
+        batches: Any = None,
+        states: TrainState | None = None,
+        progress: bool = False,
+        label: str = "training runs",
+    ) -> tuple[TrainState, Any]:
+        """Train S runs at once (``vmap``) and observe them at chosen steps.
 
-        return TrainRecord(carry[0], jnp.concatenate(losses), np.asarray(steps), stack(0), stack(1))
+        Args:
+            thetas: (S, P) initial parameters, one row per run.
+            steps: (R,) increasing steps in [0, T] at which ``observe(state)`` is recorded.
+            observe: ``observe(state) -> pytree`` of one run (vmapped over runs).
+            batches: (S, T, B) per-run batch schedules; None: every run uses :attr:`batches`.
+            states: initial states with a leading S axis (e.g. per-run hyper-parameters in the
+                optimizer state); None: ``vmap(init)(thetas)``.
+            progress: show progress over the recorded steps.
+            label: the progress label.
+
+        Returns:
+            (final states with leading S, observations with leading (S, R) as NumPy).
+        """
+        from trainmap._progress import progress as _progress
+
+        thetas = jnp.asarray(thetas)
+        steps_arr = np.asarray(steps, dtype=np.int64)
+        T = self.num_steps
+        if steps_arr.size == 0 or steps_arr.min() < 0 or steps_arr.max() > T or np.any(np.diff(steps_arr) <= 0):
+            raise ValueError(f"steps must be increasing integers in [0, {T}], got {steps_arr.tolist()}")
+        sched = (jnp.broadcast_to(jnp.asarray(self.batches), (thetas.shape[0], *np.shape(self.batches)))
+                 if batches is None else jnp.asarray(batches))
+        state = jax.vmap(self.init)(thetas) if states is None else states
+        advance = _compiled(self, "advance_many", lambda: jax.jit(
+            jax.vmap(self.advance, in_axes=(0, None, None, 0))))
+        look = jax.jit(jax.vmap(observe))
+        rows, done = [], 0
+        with _progress(progress, len(steps_arr), label) as tick:
+            for s in steps_arr:
+                if int(s) > done:
+                    state = advance(state, done, int(s), sched)
+                done = int(s)
+                rows.append(jax.tree_util.tree_map(np.asarray, look(state)))
+                tick()
+        return state, jax.tree_util.tree_map(lambda *r: np.stack(r, axis=1), *rows)
+
+
+def default_segment(num_steps: int) -> int:
+    """s = ⌈√T⌉, the segment length that balances stored boundaries against one segment's residuals."""
+    return max(1, math.isqrt(max(num_steps - 1, 0)) + 1) if num_steps > 1 else 1
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Recipe, str]" = weakref.WeakKeyDictionary()
+_COMPILED: "weakref.WeakKeyDictionary[Recipe, dict]" = weakref.WeakKeyDictionary()
+
+
+def _compiled(recipe: Recipe, key: Any, build: Callable[[], Callable]) -> Callable:
+    """A compiled function per recipe and key, built once (runs of the same recipe reuse XLA's
+    compilation)."""
+    per = _COMPILED.setdefault(recipe, {})
+    if key not in per:
+        per[key] = build()
+    return per[key]
 
 
 # ----------------------------------------------------------------------------- builders
@@ -310,6 +565,7 @@ def make_recipe(
     shuffle_seed: int | None = 0,
     loss: str | Callable[[jax.Array, jax.Array], jax.Array] = "cross_entropy",
     config: dict | None = None,
+    project: Callable[[Params, Params], Params] | None = None,
 ) -> Recipe:
     """Build a :class:`Recipe` with an epoch-based, seeded batch schedule.
 
@@ -321,6 +577,8 @@ def make_recipe(
         shuffle_seed: seed of the per-epoch permutations (None: no shuffling).
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss(outputs, targets) -> scalar``.
         config: JSON-able description stored with results.
+        project: optional ``project(params, params0) -> params`` after every update
+            (see :class:`Recipe`).
     """
     if isinstance(loss, str) and loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass a callable")
@@ -329,7 +587,7 @@ def make_recipe(
     cfg = dict(batch_size=batch_size, epochs=epochs, shuffle_seed=shuffle_seed,
                loss=loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"))
     cfg.update(config or {})
-    return Recipe(apply, loss_fn, optimizer, x, y, batches, unravel, int(num_params), cfg)
+    return Recipe(apply, loss_fn, optimizer, x, y, batches, unravel, int(num_params), cfg, project)
 
 
 def evaluate(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from trainmap.commands._common import run_lens
+
 app = typer.Typer(help="Training-Jacobian lens: J = dθ_T/dθ₀, its SVD and chaotic/bulk/stable regions.")
 
 
@@ -69,6 +71,13 @@ def jacobian(
 ) -> None:
     """Run the exact training-Jacobian analysis (no options: the reference experiment)."""
     if ctx.invoked_subcommand is not None:
+        from trainmap.commands.jacobian_experiments import JacobianSetup
+
+        ctx.obj = JacobianSetup(
+            dict(hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
+                 activation=activation, seed=seed),
+            dtype=dtype.value, bulk_tol=bulk_tol, out=out, chunk_size=chunk_size or None,
+            memory_gb=memory_gb)
         return
     if method is not Method.exact:
         _run_matrix_free(method.value, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -83,15 +92,13 @@ def jacobian(
     setup = digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer.value, lr=lr,
                        epochs=epochs, batch_size=batch_size, seed=seed)
     d = setup.data
-    try:
-        summary = analyze(setup.recipe, setup.theta0, out,
-                          eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
-                          dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol),
-                          chunk_size=chunk_size or None, memory_budget_gb=memory_gb,
-                          resume=resume, overwrite=overwrite, mode=mode.value, primal=primal.value)
-    except (FileExistsError, ValueError, RuntimeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+    summary = run_lens(lambda: analyze(
+        setup.recipe, setup.theta0, out,
+        eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
+        dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), chunk_size=chunk_size or None,
+        memory_budget_gb=memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
+        primal=primal.value))
+    _write_report(out)
     _print_summary(summary, out)
 
 
@@ -99,23 +106,20 @@ def _run_matrix_free(method: str, *, hidden: int, epochs: int, batch_size: int, 
                      optimizer: str, activation: str, seed: int, dtype: str, bulk_tol: float,
                      out: Path, resume: bool, overwrite: bool, rank: int, probes: int,
                      steps: int) -> None:
-    """``--method lanczos|slq``: the matrix-free estimates (see trainmap.jacobian.scale)."""
+    """``--method lanczos|slq``: the matrix-free estimates (see trainmap.jacobian.matrix_free.pipeline)."""
+    from trainmap.jacobian.matrix_free.pipeline import analyze_scale
     from trainmap.jacobian.regions import Thresholds
-    from trainmap.jacobian.scale import analyze_scale
     from trainmap.presets import digits_mlp
 
     setup = digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer, lr=lr,
                        epochs=epochs, batch_size=batch_size, seed=seed)
     d = setup.data
-    try:
-        s = analyze_scale(setup.recipe, setup.theta0, out, method=method, rank=rank, probes=probes,
-                          steps=steps or None, seed=seed, dtype=dtype,
-                          thresholds=Thresholds.symmetric(bulk_tol),
-                          eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
-                          resume=resume, overwrite=overwrite)
-    except (FileExistsError, ValueError, RuntimeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+    s = run_lens(lambda: analyze_scale(
+        setup.recipe, setup.theta0, out, method=method, rank=rank, probes=probes, steps=steps or None,
+        seed=seed, dtype=dtype, thresholds=Thresholds.symmetric(bulk_tol),
+        eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
+        resume=resume, overwrite=overwrite))
+    _write_report(out)
     P = s["num_params"]
     lz = s["lanczos"]
     typer.echo(f"\n{P} parameters ({method}, {lz['block_size']} probes × {lz['steps']} steps = "
@@ -130,6 +134,14 @@ def _run_matrix_free(method: str, *, hidden: int, epochs: int, batch_size: int, 
     for w in s.get("warnings", []):
         typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
     typer.echo(f"  wall time {s['wall_time_s']['total']:.1f} s; results in {out}/ (open report.html)")
+
+
+def _write_report(out: Path) -> None:
+    """The report of a finished folder, with a line saying what is happening (it takes seconds)."""
+    from trainmap.report.html import write_report
+
+    typer.echo("writing report.html ...")
+    write_report(out)
 
 
 def _print_summary(s: dict, out: Path) -> None:

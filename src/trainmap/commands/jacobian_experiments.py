@@ -1,9 +1,11 @@
 """``trainmap jacobian <experiment>`` subcommands (registered on the ``jacobian`` group).
 
 The recipe is chosen by the group's options, written *before* the subcommand, e.g.
-``trainmap jacobian --hidden 32 --epochs 5 perturb``; the group's ``--out`` (default
-``results/jacobian``) is where the main Jacobian analysis lives: a finished one is reused (after
-checking it belongs to the same setup), a missing one is computed there first.
+``trainmap jacobian --hidden 32 --epochs 5 --dtype float64 perturb``: the group callback parses
+them into one :class:`JacobianSetup` (``ctx.obj``) that every subcommand receives. The group's
+``--out`` (default ``results/jacobian``) is where the main Jacobian analysis lives: a finished
+one is reused (after checking it belongs to the same setup and precision), a missing one is
+computed there first.
 
     perturb     1. perturbation response along a chaotic, a bulk and a stable direction
     ood         2. in- vs out-of-distribution KL of every singular direction
@@ -17,53 +19,72 @@ checking it belongs to the same setup), a missing one is computed there first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
-_SETUP_KEYS = ("hidden", "epochs", "batch_size", "lr", "activation", "seed")
+from trainmap.commands._common import run_lens
 
 
-def _setup_kwargs(ctx: typer.Context) -> dict[str, Any]:
-    p = ctx.parent.params if ctx.parent is not None else {}
-    kw = {k: p[k] for k in _SETUP_KEYS if k in p}
-    if "optimizer" in p:
-        kw["optimizer"] = getattr(p["optimizer"], "value", p["optimizer"])
-    return kw
+@dataclass(frozen=True)
+class JacobianSetup:
+    """The ``trainmap jacobian`` group's options, handed explicitly to every experiment subcommand.
+
+    Attributes:
+        recipe_kwargs: keyword arguments of :func:`trainmap.presets.digits_mlp`.
+        dtype: precision of the main Jacobian and of the Jacobians the experiments compute.
+        bulk_tol: bulk is |σ−1| ≤ bulk_tol.
+        out: the folder of the main Jacobian analysis (reused when finished).
+        chunk_size: tangents per chunk (None: automatic).
+        memory_gb: memory budget of the exact engine (GiB).
+    """
+
+    recipe_kwargs: dict
+    dtype: str = "float32"
+    bulk_tol: float = 0.1
+    out: Path = Path("results/jacobian")
+    chunk_size: int | None = None
+    memory_gb: float = 2.0
+
+    @property
+    def thresholds(self) -> Any:
+        from trainmap.jacobian.regions import Thresholds
+
+        return Thresholds.symmetric(self.bulk_tol)
 
 
-def _group(ctx: typer.Context, key: str, default: Any) -> Any:
-    p = ctx.parent.params if ctx.parent is not None else {}
-    v = p.get(key, default)
-    return default if v is None else v
+def _setup(ctx: typer.Context) -> JacobianSetup:
+    """The group's :class:`JacobianSetup` (``ctx.obj``, set by the ``trainmap jacobian`` callback)."""
+    obj = ctx.find_object(JacobianSetup)
+    if obj is None:  # called outside the group: its defaults
+        obj = JacobianSetup({})
+    return obj
 
 
 def _context(ctx: typer.Context):
-    """(setup, main-Jacobian SVD, thresholds, setup kwargs) for a subcommand."""
+    """(setup, main-Jacobian SVD, thresholds, recipe kwargs) for a subcommand."""
     from trainmap.jacobian.experiments import _common as C
-    from trainmap.jacobian.regions import Thresholds
     from trainmap.presets import digits_mlp
 
-    kw = _setup_kwargs(ctx)
-    setup = digits_mlp(**kw)
-    th = Thresholds.symmetric(float(_group(ctx, "bulk_tol", 0.1)))
-    jdir = Path(_group(ctx, "out", Path("results/jacobian")))
-    chunk = int(_group(ctx, "chunk_size", 0)) or None
+    js = _setup(ctx)
+    setup = digits_mlp(**js.recipe_kwargs)
     d = setup.data
-    typer.echo(f"main Jacobian: {jdir}/ ({'reusing' if (jdir / 'summary.json').exists() else 'computing'})")
-    dec = C.jacobian_svd(setup.recipe, setup.theta0, jdir, thresholds=th, chunk_size=chunk,
-                         memory_budget_gb=float(_group(ctx, "memory_gb", 2.0)),
+    jdir = js.out
+    typer.echo(f"main Jacobian: {jdir}/ ({'reusing' if C.finished(jdir) is not None else 'computing'}, "
+               f"{js.dtype})")
+    dec = C.jacobian_svd(setup.recipe, setup.theta0, jdir, thresholds=js.thresholds,
+                         chunk_size=js.chunk_size, memory_budget_gb=js.memory_gb, dtype=js.dtype,
                          eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)})
-    return setup, dec, th, kw
+    return setup, dec, js.thresholds, dict(js.recipe_kwargs, dtype=js.dtype)
 
 
 def _run(fn: Callable[[], dict], out: Path) -> dict:
-    try:
-        summary = fn()
-    except (FileExistsError, ValueError, RuntimeError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from exc
+    from trainmap.report.html import write_reports
+
+    summary = run_lens(fn)
+    write_reports(out)
     f = summary.get("finding")
     if f:
         mark = {True: "holds", False: "does NOT hold", None: "undecided"}[f.get("holds")]
@@ -166,8 +187,8 @@ def register(app: typer.Typer) -> None:
             setup, dec, th, kw = _context(ctx)
             return data_label_dependence(setup.recipe, setup.theta0, out, dec=dec, seed=variant_seed,
                                          thresholds=th, resume=resume, overwrite=overwrite,
-                                         chunk_size=int(_group(ctx, "chunk_size", 0)) or None,
-                                         config={"setup": kw})
+                                         chunk_size=_setup(ctx).chunk_size,
+                                         jacobian_dtype=_setup(ctx).dtype, config={"setup": kw})
         _run(go, out)
 
     @app.command("seeds")
@@ -186,10 +207,11 @@ def register(app: typer.Typer) -> None:
 
         def go() -> dict:
             setup, dec, th, kw = _context(ctx)
-            main_seed = int(kw.get("seed", 0))
-            return seed_overlap(lambda s: tuple(digits_mlp(**{**kw, "seed": s})[:2]), seed_list, out,
-                                known={main_seed: dec}, thresholds=th, resume=resume,
-                                overwrite=overwrite, chunk_size=int(_group(ctx, "chunk_size", 0)) or None,
+            js = _setup(ctx)
+            main_seed = int(js.recipe_kwargs.get("seed", 0))
+            return seed_overlap(lambda s: tuple(digits_mlp(**{**js.recipe_kwargs, "seed": s})[:2]), seed_list,
+                                out, known={main_seed: dec}, thresholds=th, resume=resume,
+                                overwrite=overwrite, chunk_size=js.chunk_size, jacobian_dtype=js.dtype,
                                 config={"setup": kw})
         _run(go, out)
 
@@ -243,17 +265,15 @@ def register(app: typer.Typer) -> None:
         """All seven experiments on the configured setup (no options: the reference run)."""
         from trainmap.jacobian.experiments import reproduce
         from trainmap.jacobian.experiments.reproduce import headline_table
-        from trainmap.jacobian.regions import Thresholds
 
         seed_list = _ints(seeds, "--seeds")
         subset = [s.strip() for s in only.split(",") if s.strip()] or None
 
         def go() -> dict:
-            return reproduce(out, setup_kwargs=_setup_kwargs(ctx), seeds=seed_list,
-                             jacobian_dir=jacobian_dir, only=subset,
-                             thresholds=Thresholds.symmetric(float(_group(ctx, "bulk_tol", 0.1))),
-                             chunk_size=int(_group(ctx, "chunk_size", 0)) or None,
-                             memory_budget_gb=float(_group(ctx, "memory_gb", 2.0)),
+            js = _setup(ctx)
+            return reproduce(out, setup_kwargs=js.recipe_kwargs, seeds=seed_list,
+                             jacobian_dir=jacobian_dir, only=subset, thresholds=js.thresholds,
+                             chunk_size=js.chunk_size, memory_budget_gb=js.memory_gb, dtype=js.dtype,
                              resume=resume, overwrite=overwrite, log=typer.echo)
 
         s = _run(go, out)

@@ -11,6 +11,8 @@ from typing import List, Optional
 
 import typer
 
+from trainmap.commands._common import run_lens
+
 app = typer.Typer(help="Koopman lens: DMD spectra of training dynamics and conjugacy tests.",
                   no_args_is_help=True)
 
@@ -25,10 +27,13 @@ def _layers(layers: Optional[str]) -> Optional[List[str]]:
     return [s.strip() for s in layers.split(",") if s.strip()] if layers else None
 
 
-def _echo_done(out: Path, lines: List[str]) -> None:
+def _finish(out: Path, lines: List[str]) -> None:
+    """Print the lens's headline lines, then build the report of ``out``."""
+    from trainmap.report.html import write_report
+
     for line in lines:
         typer.echo(line)
-    typer.echo(f"wrote {out / 'report.html'}")
+    typer.echo(f"wrote {write_report(out)}")
 
 
 @app.command("spectrum")
@@ -43,32 +48,12 @@ def spectrum_command(
     seed: int = typer.Option(0, help="seed of the random projection"),
 ) -> None:
     """DMD spectrum of a recorded trajectory: pooled over its runs and per run."""
-    import numpy as np
-
-    from trainmap.koopman import figures
-    from trainmap.koopman.analysis import ObservableConfig, spectrum
-    from trainmap.koopman.results import ragged, write_results
-    from trainmap.record.store import Trajectory
+    from trainmap.koopman.experiments.stores import spectrum_of_store
 
     out = _out(out, "spectrum")
-    t = Trajectory.load(traj)
-    cfg = ObservableConfig(_layers(layers), pca, projection, delays, rank, seed)
-    per_run = t.shape[1] - delays - 1 >= (rank or 1)
-    res = spectrum(t, cfg, per_run=per_run)
-    mod = np.abs(res.pooled)
-    summary = {"runs": t.shape[0], "steps": t.shape[1], "features": t.shape[2], "n_eigenvalues": len(res.pooled),
-               "max_modulus": float(mod.max()), "n_outside_unit_circle": int(np.sum(mod > 1 + 1e-9)),
-               "one_step_residual": res.score, "warnings": []}
-    figs = {"spectrum.png": figures.eigenvalue_figure({"pooled": res.pooled, **({"per run": res.per_run} if res.per_run else {})},
-                                                      f"DMD eigenvalues of {traj.name}")}
-    arrays = {"eigenvalues": res.pooled, "modes": res.dmd.modes_}
-    if res.per_run:
-        arrays["per_run_eigenvalues"] = ragged(res.per_run)
-    config = {"trajectory": str(traj), "layers": cfg.layers, "pca": pca, "projection": projection,
-              "delays": delays, "rank": rank, "seed": seed}
-    write_results(out, config, summary, arrays, figs,
-                  {"spectrum.png": "Eigenvalues near 1 are slow modes; outside the unit circle means growth."})
-    _echo_done(out, [f"{len(res.pooled)} eigenvalues, max |λ| = {mod.max():.6g}"])
+    summary = run_lens(lambda: spectrum_of_store(traj, out, layers=_layers(layers), pca=pca,
+                                                 projection=projection, delays=delays, rank=rank, seed=seed))
+    _finish(out, [f"{summary['n_eigenvalues']} eigenvalues, max |λ| = {summary['max_modulus']:.6g}"])
 
 
 @app.command("compare")
@@ -86,44 +71,13 @@ def compare_command(
     seed: int = typer.Option(0, help="seed of the permutations and the random projection"),
 ) -> None:
     """Compare the dynamics of two recorded trajectories: W1 between spectra and the permutation test."""
-    from trainmap.koopman import figures
-    from trainmap.koopman.analysis import ObservableConfig, compare
-    from trainmap.koopman.results import ragged, write_results
-    from trainmap.record.store import Trajectory
+    from trainmap.koopman.experiments.stores import compare_stores
 
     out = _out(out, "compare")
-    ta, tb = Trajectory.load(traj_a), Trajectory.load(traj_b)
-    cfg = ObservableConfig(_layers(layers), pca, projection, delays, rank, seed)
-    names = (traj_a.stem or "A", traj_b.stem or "B")
-    if names[0] == names[1]:
-        names = (names[0] + " (A)", names[1] + " (B)")
-    res = compare(ta, tb, cfg, n_permutations=n_permutations, alpha=alpha, seed=seed, names=names)
-    summary: dict = {"runs_a": ta.shape[0], "runs_b": tb.shape[0], "W1_pooled": res.pooled_distance,
-                     "warnings": []}
-    figs = {"spectra.png": figures.eigenvalue_figure({f"{names[0]} (pooled)": res.a.pooled,
-                                                      f"{names[1]} (pooled)": res.b.pooled}, "pooled DMD eigenvalues"),
-            "per_run_spectra.png": figures.eigenvalue_figure({names[0]: res.a.per_run, names[1]: res.b.per_run},
-                                                             "per-run DMD eigenvalues"),
-            "distance_matrix.png": figures.distance_matrix_figure(res.distances, res.labels, "W1 between runs")}
-    captions = {"spectra.png": "Overlapping eigenvalues suggest conjugate dynamics.",
-                "per_run_spectra.png": "Seed-to-seed spread: the scale the permutation test compares against.",
-                "distance_matrix.png": "Block structure means the conditions are distinguishable."}
-    if res.test is not None:
-        summary["test"] = res.test.summary()
-        figs["null.png"] = figures.null_figure(res.test.null, res.test.statistic, "permutation null",
-                                               "between - within W1")
-        captions["null.png"] = "Observed statistic against the null of exchangeable condition labels."
-        line = res.test.verdict
-    else:
-        summary["warnings"].append("each trajectory needs >= 2 runs for the permutation test; only W1 is reported")
-        line = f"W1 between pooled spectra = {res.pooled_distance:.4g} (no test: fewer than 2 runs per side)"
-    config = {"trajectory_a": str(traj_a), "trajectory_b": str(traj_b), "layers": cfg.layers, "pca": pca,
-              "projection": projection, "delays": delays, "rank": rank, "n_permutations": n_permutations,
-              "alpha": alpha, "seed": seed}
-    arrays = {"eigenvalues_a": res.a.pooled, "eigenvalues_b": res.b.pooled, "distance_matrix": res.distances,
-              "per_run_eigenvalues_a": ragged(res.a.per_run), "per_run_eigenvalues_b": ragged(res.b.per_run)}
-    write_results(out, config, summary, arrays, figs, captions)
-    _echo_done(out, [f"W1(pooled) = {res.pooled_distance:.4g}", line])
+    summary, line = run_lens(lambda: compare_stores(
+        traj_a, traj_b, out, layers=_layers(layers), pca=pca, projection=projection, delays=delays,
+        rank=rank, n_permutations=n_permutations, alpha=alpha, seed=seed))
+    _finish(out, [f"W1(pooled) = {summary['W1_pooled']:.4g}", line])
 
 
 @app.command("omd-ogd")
@@ -144,7 +98,7 @@ def omd_ogd_command(
     out = _out(out, "omd-ogd")
     s = omd_ogd.run(out, eta=eta, steps=steps, grid=grid, delays=delays, rank=rank, replicates=replicates,
                     n_permutations=n_permutations, seed=seed)
-    _echo_done(out, [f"W(OMD,OGD) = {s['W_OMD_OGD']:.4g}, W(OGD,BM) = {s['W_OGD_BM']:.4g}, "
+    _finish(out, [f"W(OMD,OGD) = {s['W_OMD_OGD']:.4g}, W(OGD,BM) = {s['W_OGD_BM']:.4g}, "
                      f"ratio = {s['ratio_W_OGD_BM_over_W_OMD_OGD']:.3g}",
                      f"OMD vs OGD: {s['test_OMD-OGD']['verdict']}", f"OGD vs BM: {s['test_OGD-BM']['verdict']}"])
 
@@ -170,7 +124,7 @@ def mlp_width_command(
     s = mlp_width.run(out, widths=ws, seeds=tuple(range(seeds)), steps=steps, lr=lr, batch_size=batch_size,
                       embed_dim=embed_dim, rank=rank, mnist=str(mnist) if mnist else None,
                       n_permutations=n_permutations)
-    _echo_done(out, [f"{k}: {v['verdict']}" for k, v in s.items() if isinstance(v, dict) and "verdict" in v])
+    _finish(out, [f"{k}: {v['verdict']}" for k, v in s.items() if isinstance(v, dict) and "verdict" in v])
 
 
 @app.command("cnn-early")
@@ -190,7 +144,7 @@ def cnn_early_command(
     out = _out(out, "cnn-early")
     s = cnn_early.run(out, seeds=tuple(range(seeds)), steps=steps, window=window, stride=stride, lr=lr,
                       momentum=momentum, n_permutations=n_permutations)
-    _echo_done(out, [f"largest spectral change between windows {s['largest_change_between_windows']} "
+    _finish(out, [f"largest spectral change between windows {s['largest_change_between_windows']} "
                      f"(steps {s['largest_change_steps']}), W1 = {s['largest_consecutive_W1']:.4g}"])
 
 
@@ -217,4 +171,4 @@ def grokking_command(
         lr = s["long_run"]
         lines.append(f"long runs (p={lr['p']}): grokking test acc {lr['grokking_final_test_accuracy']:.3f}, "
                      f"non-grokking {lr['non-grokking_final_test_accuracy']:.3f}")
-    _echo_done(out, lines)
+    _finish(out, lines)

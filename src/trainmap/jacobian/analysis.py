@@ -1,7 +1,7 @@
 """End-to-end training-Jacobian analysis of a recipe, written to a results folder.
 
 ``analyze(recipe, theta0, out_dir)`` trains once (checking for divergence), computes the exact
-Jacobian in resumable chunks, decomposes it, and writes (see DESIGN.md):
+Jacobian in resumable chunks, decomposes it, and writes (see :mod:`trainmap.results`):
 
 * ``config.json`` — the recipe's config and the engine's settings;
 * ``summary.json`` — region counts/fractions, σ_max, σ_min, median |cos(u_i, v_i)| per region,
@@ -11,12 +11,11 @@ Jacobian in resumable chunks, decomposes it, and writes (see DESIGN.md):
   ``cos_uv.npy`` (P,), ``delta_proj.npy`` (P,) = Vᵀ(θ_T − θ₀), ``theta0.npy``, ``thetaT.npy``,
   ``train_losses.npy`` (T,);
 * figures — ``spectrum.png``, ``sigma_minus_one.png``, ``cos_uv.png``, ``delta_proj.png``;
-* ``report.html``.
+* ``manifest.json`` (see :mod:`trainmap.results`); ``report.html`` is added by the report.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,11 +23,13 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._io import read_json
 from trainmap.jacobian import figures
-from trainmap.jacobian.exact import CheckpointError, exact_jacobian, precision_context
+from trainmap.jacobian.exact import exact_jacobian
+from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.jacobian.regions import JacobianSVD, Thresholds, project_change, region_summary, svd
 from trainmap.recipe import Recipe, check_training, evaluate
+from trainmap.results import ResultsFolder, open_results, reopen
 
 CAPTIONS = {
     "spectrum.png": "Singular values of J, descending, log scale; shaded: chaotic (σ > 1.1), bulk "
@@ -40,36 +41,8 @@ CAPTIONS = {
 }
 
 
-def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    if overwrite and out.exists():
-        if any(out.iterdir()) and not ((out / "config.json").exists() or (out / "checkpoint").exists()):
-            raise FileExistsError(f"{out} is not empty and is not a trainmap results folder; "
-                                  "refusing to overwrite it: choose another --out")
-        shutil.rmtree(out)
-    if (out / "summary.json").exists() and not resume:
-        raise FileExistsError(f"{out} already holds a finished analysis; pass --overwrite to redo it "
-                              "or --out to write elsewhere")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def write_config(out: Path, cfg: dict[str, Any], resume: bool, may_change: tuple[str, ...] = ()) -> None:
-    """Write ``out/config.json``; on resume, refuse settings that differ from the stored ones.
-
-    Keys in ``may_change`` (e.g. a Lanczos step count that a resume extends) are not compared.
-    """
-    if resume and (out / "config.json").exists():
-        old = read_json(out / "config.json")
-        new = read_json_roundtrip(cfg)
-        if {k: v for k, v in old.items() if k not in may_change} != \
-                {k: v for k, v in new.items() if k not in may_change}:
-            allowed = f" (only {', '.join(may_change)} may change on --resume)" if may_change else ""
-            raise CheckpointError(f"{out}/config.json differs from this run's settings{allowed}; "
-                                  "resume with the same options, or use --overwrite")
-    atomic_write_json(out / "config.json", cfg)
-
-
 def train_and_record(
-    recipe: Recipe, theta0: Any, out: Path, dtype: np.dtype,
+    recipe: Recipe, theta0: Any, folder: ResultsFolder, dtype: np.dtype,
     eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Train once (stopping on divergence), evaluate before/after, save θ₀, θ_T and the losses.
@@ -85,37 +58,40 @@ def train_and_record(
                           "after": evaluate(recipe.apply, recipe.unravel, thT, x, y)}
                    for name, (x, y) in sets.items()}
     th0_np, thT_np = np.asarray(th0), np.asarray(thT)
-    atomic_save_npy(out / "theta0.npy", th0_np)
-    atomic_save_npy(out / "thetaT.npy", thT_np)
-    atomic_save_npy(out / "train_losses.npy", losses)
+    folder.save_array("theta0", th0_np)
+    folder.save_array("thetaT", thT_np)
+    folder.save_array("train_losses", losses)
     return th0_np, thT_np, metrics
 
 
-def decompose_and_save(
-    J: np.ndarray, theta0: np.ndarray, thetaT: np.ndarray, out: Path,
+def decompose(
+    J: np.ndarray, theta0: np.ndarray, thetaT: np.ndarray,
     thresholds: Thresholds = Thresholds(), svd_dtype: Any = None,
-) -> tuple[JacobianSVD, np.ndarray]:
-    """SVD J, save the spectral arrays and figures into ``out``; returns (svd, delta_proj)."""
+) -> tuple[JacobianSVD, np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """SVD J and plot it.
+
+    Returns:
+        (svd, delta_proj (P,) = Vᵀ(θ_T − θ₀), the spectral arrays by name, the figures by name).
+    """
     dec = svd(J, thresholds, svd_dtype)
     proj = project_change(dec.Vt, theta0, thetaT)
-    for name, arr in (("singular_values", dec.S), ("svd_U", dec.U), ("svd_Vt", dec.Vt),
-                      ("regions", dec.codes), ("cos_uv", dec.cos_uv), ("delta_proj", proj)):
-        atomic_save_npy(out / f"{name}.npy", arr)
-    figures.spectrum_figure(dec.S, dec.codes, thresholds, out / "spectrum.png")
-    figures.distance_from_one_figure(dec.S, dec.codes, thresholds, out / "sigma_minus_one.png")
-    figures.cosine_figure(dec.cos_uv, dec.codes, out / "cos_uv.png")
-    figures.change_projection_figure(proj, dec.codes, out / "delta_proj.png")
-    return dec, proj
+    arrays = {"singular_values": dec.S, "svd_U": dec.U, "svd_Vt": dec.Vt, "regions": dec.codes,
+              "cos_uv": dec.cos_uv, "delta_proj": proj}
+    figs = {"spectrum.png": figures.spectrum_figure(dec.S, dec.codes, thresholds),
+            "sigma_minus_one.png": figures.distance_from_one_figure(dec.S, dec.codes, thresholds),
+            "cos_uv.png": figures.cosine_figure(dec.cos_uv, dec.codes),
+            "delta_proj.png": figures.change_projection_figure(proj, dec.codes)}
+    return dec, proj, arrays, figs
 
 
 def load_svd(run_dir: str | Path) -> JacobianSVD:
-    """Read the decomposition saved by :func:`analyze` from a results folder."""
-    run = Path(run_dir)
-    cfg = read_json(run / "config.json")
+    """Read the decomposition saved by :func:`analyze` from a results folder (checksums verified)."""
+    run = reopen(run_dir)
+    cfg = read_json(run.path / "config.json")
     th = Thresholds(cfg["thresholds"]["stable_below"], cfg["thresholds"]["chaotic_above"])
-    return JacobianSVD(load_npy(run / "svd_U.npy"), load_npy(run / "singular_values.npy"),
-                       load_npy(run / "svd_Vt.npy"), load_npy(run / "regions.npy"),
-                       load_npy(run / "cos_uv.npy"), th)
+    return JacobianSVD(run.load_array("svd_U"), run.load_array("singular_values"),
+                       run.load_array("svd_Vt"), run.load_array("regions"),
+                       run.load_array("cos_uv"), th)
 
 
 def analyze(
@@ -148,39 +124,38 @@ def analyze(
         thresholds: region boundaries on σ.
         chunk_size, memory_budget_gb: see :func:`~trainmap.jacobian.exact.exact_jacobian`.
         resume: continue an interrupted run in ``out_dir``.
-        overwrite: delete a previous trainmap results folder at ``out_dir`` first.
+        overwrite: remove what trainmap wrote at ``out_dir`` first (see :mod:`trainmap.results`).
         progress: progress bar over chunks.
         stop_after: stop after this many new chunks (raises KeyboardInterrupt; for tests).
         config: extra JSON-able settings recorded in config.json.
         mode, primal: engine settings, see :func:`~trainmap.jacobian.exact.exact_jacobian`.
 
     Returns:
-        The summary dictionary (also written to ``summary.json``).
+        The summary dictionary (also written to ``summary.json``). The report is built from the
+        folder by :func:`trainmap.report.write_report` (the CLI does it).
     """
     t_start = time.perf_counter()
-    out = Path(out_dir)
-    _prepare_folder(out, resume, overwrite)
-    dt = np.dtype(dtype)
+    dt = check_dtype(dtype)
     cfg = {**recipe.config, **(config or {}), "dtype": dt.name, "chunk_size": chunk_size,
            "memory_budget_gb": memory_budget_gb, "mode": mode, "primal": primal,
            "num_params": recipe.num_params,
            "num_steps": recipe.num_steps,
-           "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high}}
-    write_config(out, cfg, resume)
-    th0_np, thT_np, metrics = train_and_record(recipe, theta0, out, dt, eval_sets)
+           "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high},
+           "recipe_fingerprint": recipe.fingerprint()}
+    folder = open_results(out_dir, _mode(resume, overwrite), kind="jacobian", config=cfg)
+    th0_np, thT_np, metrics = train_and_record(recipe, theta0, folder, dt, eval_sets)
     t_train = time.perf_counter()
 
-    jac_path = out / "jacobian.npy"
-    if resume and jac_path.exists():
-        J = load_npy(jac_path)
+    if folder.resumed and folder.has("jacobian.npy"):
+        J = folder.load_array("jacobian", mmap=True)
     else:
         J = exact_jacobian(recipe, th0_np, dtype=dt, chunk_size=chunk_size,
-                           memory_budget_gb=memory_budget_gb, checkpoint_dir=out / "checkpoint",
-                           resume=resume, progress=progress, stop_after=stop_after, out=jac_path,
-                           mode=mode, primal=primal)
+                           memory_budget_gb=memory_budget_gb, checkpoint_dir=folder.dir("checkpoint"),
+                           resume=folder.resumed, progress=progress, stop_after=stop_after,
+                           out=folder.file("jacobian.npy"), mode=mode, primal=primal)
     t_jac = time.perf_counter()
 
-    dec, proj = decompose_and_save(J, th0_np, thT_np, out, thresholds, dt)
+    dec, proj, arrays, figs = decompose(J, th0_np, thT_np, thresholds, dt)
     t_svd = time.perf_counter()
 
     summary = region_summary(dec)
@@ -189,21 +164,14 @@ def analyze(
     summary["wall_time_s"] = {"train_check": t_train - t_start, "jacobian": t_jac - t_train,
                               "svd": t_svd - t_jac, "total": t_svd - t_start}
     summary["warnings"] = _warnings(dec, metrics, dt)
-    atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(out / "captions.json", CAPTIONS)
-    from trainmap.report.html import write_report
-
-    write_report(out)
-    return summary
+    return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
 
 
-def read_json_roundtrip(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists, numpy scalars plain numbers)."""
-    import json
-
-    from trainmap._io import to_jsonable
-
-    return json.loads(json.dumps(to_jsonable(obj)))
+def _mode(resume: bool, overwrite: bool) -> str:
+    """The results-folder mode of a ``resume``/``overwrite`` pair of flags."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: pass one of them")
+    return "resume" if resume else "overwrite" if overwrite else "new"
 
 
 def _warnings(dec: JacobianSVD, metrics: dict, dtype: np.dtype) -> list[str]:

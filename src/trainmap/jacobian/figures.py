@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -10,7 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trainmap._io import atomic_savefig  # noqa: E402
 from trainmap.jacobian.regions import BULK, CHAOTIC, STABLE, Thresholds  # noqa: E402
 
 COLORS = {CHAOTIC: "#d62728", BULK: "#2ca02c", STABLE: "#1f77b4"}
@@ -25,7 +24,7 @@ def _shade_index_regions(ax: plt.Axes, codes: np.ndarray) -> None:
                        label=f"{NAMES[code]} ({idx.size})")
 
 
-def spectrum_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, path: Path, title: str = "") -> Path:
+def spectrum_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, title: str = "") -> Any:
     """σ_i against index on a log axis; index ranges of the regions shaded."""
     fig, ax = plt.subplots(figsize=(7, 4))
     _shade_index_regions(ax, codes)
@@ -36,10 +35,10 @@ def spectrum_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, path: Path
     ax.set_ylabel("singular value σ_i of J")
     ax.set_title(title or "Training-Jacobian spectrum")
     ax.legend(loc="upper right", fontsize=8)
-    return atomic_savefig(fig, path)
+    return fig
 
 
-def distance_from_one_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, path: Path) -> Path:
+def distance_from_one_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds) -> Any:
     """|σ_i − 1| against index on a log axis, coloured by region."""
     fig, ax = plt.subplots(figsize=(7, 4))
     d = np.maximum(np.abs(S - 1.0), 1e-12)
@@ -52,10 +51,10 @@ def distance_from_one_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, p
     ax.set_ylabel("|σ_i − 1|")
     ax.set_title("Distance of singular values from 1")
     ax.legend(loc="lower left", fontsize=8, markerscale=4)
-    return atomic_savefig(fig, path)
+    return fig
 
 
-def cosine_figure(cos_uv: np.ndarray, codes: np.ndarray, path: Path) -> Path:
+def cosine_figure(cos_uv: np.ndarray, codes: np.ndarray) -> Any:
     """cos(u_i, v_i) against index, coloured by region."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for code in (CHAOTIC, BULK, STABLE):
@@ -66,10 +65,10 @@ def cosine_figure(cos_uv: np.ndarray, codes: np.ndarray, path: Path) -> Path:
     ax.set_ylabel("cos(u_i, v_i)")
     ax.set_title("Alignment of left and right singular vectors")
     ax.legend(loc="lower left", fontsize=8, markerscale=4)
-    return atomic_savefig(fig, path)
+    return fig
 
 
-def change_projection_figure(proj: np.ndarray, codes: np.ndarray, path: Path) -> Path:
+def change_projection_figure(proj: np.ndarray, codes: np.ndarray) -> Any:
     """|v_iᵀ(θ_T − θ₀)| against index on a log axis, coloured by region."""
     fig, ax = plt.subplots(figsize=(7, 4))
     a = np.maximum(np.abs(proj), 1e-12)
@@ -81,4 +80,4 @@ def change_projection_figure(proj: np.ndarray, codes: np.ndarray, path: Path) ->
     ax.set_ylabel("|v_iᵀ(θ_T − θ₀)|")
     ax.set_title("Parameter change in the right-singular basis")
     ax.legend(loc="lower left", fontsize=8, markerscale=4)
-    return atomic_savefig(fig, path)
+    return fig

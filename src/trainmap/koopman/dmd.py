@@ -19,7 +19,7 @@ DMD eigenvalues and the exact modes are ``Φ = Y V_r Σ_r⁻¹ W`` where ``Ã W 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -131,48 +131,36 @@ def snapshot_pairs(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-class DMD:
-    """Exact DMD with optional rank truncation, fitted on a stack of trajectories.
+class DMDBase:
+    """The shape every DMD variant shares (after PyDMD's ``DMDBase``, for stacks of runs).
 
-    Hyper-parameters are set in ``__init__``; :meth:`fit` learns the attributes ending in ``_``
-    (scikit-learn style).
-
-    Args:
-        rank: number r of singular directions kept (and of eigenvalues returned). None keeps
-            every direction whose singular value exceeds ``tol * σ_max``.
-        delays: number of time delays n (0: no embedding).
-        tol: relative cutoff for the numerical rank (also caps an explicit ``rank``).
-        dtype: floating dtype of the computation (float64 by default; float32 loses eigenvalues
-            within ~1e-6 of each other or of the unit circle).
+    :meth:`fit` validates the trajectories, :meth:`embed`s each run (identity here; delays in
+    :class:`HankelDMD`), forms the snapshot pairs of every run without crossing runs, and hands
+    them to :meth:`_fit_pairs`, which a variant implements. Hyper-parameters are set in
+    ``__init__``; learned attributes end in ``_`` (scikit-learn style).
 
     Attributes (after ``fit``):
         eigenvalues_: (r,) complex DMD eigenvalues, sorted by decreasing modulus.
-        modes_: (D, r) complex exact DMD modes (D = F (delays + 1)), column i for eigenvalue i.
-        operator_: (r, r) reduced operator Ã in the POD basis.
-        basis_: (D, r) POD basis U_r (left singular vectors of the snapshot matrix X).
-        singular_values_: (min(D, m),) all singular values of X.
+        modes_: (D, r) complex DMD modes, column i for eigenvalue i.
+        operator_: (r, r) reduced operator Ã in the basis ``basis_``.
+        basis_: (D, r) the reduced basis (POD basis U_r for exact DMD).
+        singular_values_: singular values of the snapshot matrix X.
         rank_: r actually used.
         n_runs_, n_pairs_, n_features_in_, n_embedded_: runs, snapshot pairs m, F and D.
     """
 
-    def __init__(self, rank: int | None = None, delays: int = 0, tol: float = 1e-10,
-                 dtype: Any = np.float64) -> None:
-        self.rank = rank
-        self.delays = delays
-        self.tol = tol
-        self.dtype = dtype
+    dtype: Any = np.float64
 
-    def __repr__(self) -> str:
-        return f"DMD(rank={self.rank}, delays={self.delays}, tol={self.tol})"
+    def embed(self, stack: np.ndarray) -> np.ndarray:
+        """The observables a variant fits: (runs, steps, F) -> (runs, steps', D)."""
+        return stack
 
-    # ------------------------------------------------------------------ fitting
-    def _check_params(self) -> None:
-        if self.rank is not None and (int(self.rank) != self.rank or self.rank < 1):
-            raise ValueError(f"rank must be a positive integer or None, got {self.rank!r}")
-        if int(self.delays) != self.delays or self.delays < 0:
-            raise ValueError(f"delays must be an integer >= 0, got {self.delays!r}")
+    def _fit_pairs(self, x: np.ndarray, y: np.ndarray, context: str) -> None:
+        """Learn the fitted attributes from snapshot pairs x, y: (m, D) (``context`` describes
+        where the m pairs come from, for error messages)."""
+        raise NotImplementedError
 
-    def fit(self, trajectories: ArrayLike) -> "DMD":
+    def fit(self, trajectories: ArrayLike) -> "DMDBase":
         """Fit the operator to every snapshot pair of every run.
 
         Args:
@@ -189,47 +177,19 @@ class DMD:
         self._check_params()
         stack = as_stack(trajectories, dtype=self.dtype)
         runs, steps, feats = stack.shape
-        emb = delay_embed(stack, int(self.delays))
-        x, y = snapshot_pairs(emb)
-        m, dim = x.shape
-        max_rank = min(m, dim)
-        if self.rank is not None and self.rank > max_rank:
-            raise ValueError(
-                f"rank={self.rank} is more than the {max_rank} directions the data can span: "
-                f"{runs} run(s) x ({steps} steps - {self.delays} delays - 1) = {m} snapshot pairs "
-                f"of dimension {dim}. Record more steps/runs, use fewer delays, or lower the rank"
-            )
-        # columns are snapshots: X = xᵀ (D, m) = U Σ Vᵀ
-        u, s, vt = np.linalg.svd(x.T, full_matrices=False)
-        if s[0] == 0:
-            raise ValueError("the trajectories are all zero; DMD needs motion to fit")
-        numerical = int(np.sum(s > self.tol * s[0]))
-        r = numerical if self.rank is None else int(self.rank)
-        if r > numerical:
-            warnings.warn(
-                f"rank={r} exceeds the numerical rank {numerical} of the snapshots (singular "
-                f"values below {self.tol:g} x the largest); keeping {numerical} eigenvalues",
-                stacklevel=2,
-            )
-            r = numerical
-        ur, sr, vr = u[:, :r], s[:r], vt[:r].T
-        yv = y.T @ vr / sr  # (D, r) = Y V_r Σ_r⁻¹
-        atilde = ur.T @ yv
-        lam, w = scipy.linalg.eig(atilde)
-        order = np.lexsort((-lam.imag, -np.abs(lam)))
-        lam, w = lam[order], w[:, order]
-        self.eigenvalues_ = lam
-        self.modes_ = yv @ w
-        self.operator_ = atilde
-        self.basis_ = ur
-        self.singular_values_ = s
-        self.rank_ = r
-        self.n_runs_, self.n_pairs_, self.n_features_in_, self.n_embedded_ = runs, m, feats, dim
+        x, y = snapshot_pairs(self.embed(stack))
+        context = (f"{runs} run(s) x ({steps} steps - {getattr(self, 'delays', 0)} delays - 1) = "
+                   f"{x.shape[0]} snapshot pairs of dimension {x.shape[1]}")
+        self._fit_pairs(x, y, context)
+        self.n_runs_, self.n_pairs_, self.n_features_in_, self.n_embedded_ = runs, x.shape[0], feats, x.shape[1]
         return self
+
+    def _check_params(self) -> None:
+        pass
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "eigenvalues_"):
-            raise RuntimeError("this DMD is not fitted yet; call fit(trajectories) first")
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(trajectories) first")
 
     def predict(self, states: np.ndarray) -> np.ndarray:
         """One step of the fitted linear model, in the (embedded) observable space.
@@ -249,14 +209,134 @@ class DMD:
     def score(self, trajectories: ArrayLike) -> float:
         """Relative one-step residual ``‖Y − Ŷ‖_F / ‖Y‖_F`` on the pairs of ``trajectories``."""
         self._check_fitted()
-        emb = delay_embed(as_stack(trajectories, dtype=self.dtype), int(self.delays))
-        x, y = snapshot_pairs(emb)
+        x, y = snapshot_pairs(self.embed(as_stack(trajectories, dtype=self.dtype)))
         return float(np.linalg.norm(y - self.predict(x)) / np.linalg.norm(y))
 
 
-def dmd_eigenvalues(trajectories: ArrayLike, rank: int | None = None, delays: int = 0) -> np.ndarray:
-    """Shortcut: the (r,) DMD eigenvalues of one stack (see :class:`DMD`)."""
-    return DMD(rank=rank, delays=delays).fit(trajectories).eigenvalues_
+class ExactDMD(DMDBase):
+    """Exact DMD (Tu et al. 2014) with optional rank truncation.
+
+    Args:
+        rank: number r of singular directions kept (and of eigenvalues returned). None keeps
+            every direction whose singular value exceeds ``tol * σ_max``.
+        tol: relative cutoff for the numerical rank (also caps an explicit ``rank``).
+        dtype: floating dtype of the computation (float64 by default; float32 loses eigenvalues
+            within ~1e-6 of each other or of the unit circle).
+    """
+
+    def __init__(self, rank: int | None = None, tol: float = 1e-10, dtype: Any = np.float64) -> None:
+        self.rank = rank
+        self.tol = tol
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"ExactDMD(rank={self.rank}, tol={self.tol})"
+
+    def _check_params(self) -> None:
+        if self.rank is not None and (int(self.rank) != self.rank or self.rank < 1):
+            raise ValueError(f"rank must be a positive integer or None, got {self.rank!r}")
+
+    def _fit_pairs(self, x: np.ndarray, y: np.ndarray, context: str) -> None:
+        m, dim = x.shape
+        max_rank = min(m, dim)
+        if self.rank is not None and self.rank > max_rank:
+            raise ValueError(
+                f"rank={self.rank} is more than the {max_rank} directions the data can span: "
+                f"{context}. Record more steps/runs, use fewer delays, or lower the rank"
+            )
+        # columns are snapshots: X = xᵀ (D, m) = U Σ Vᵀ
+        u, s, vt = np.linalg.svd(x.T, full_matrices=False)
+        if s[0] == 0:
+            raise ValueError("the trajectories are all zero; DMD needs motion to fit")
+        numerical = int(np.sum(s > self.tol * s[0]))
+        r = numerical if self.rank is None else int(self.rank)
+        if r > numerical:
+            warnings.warn(
+                f"rank={r} exceeds the numerical rank {numerical} of the snapshots (singular "
+                f"values below {self.tol:g} x the largest); keeping {numerical} eigenvalues",
+                stacklevel=3,
+            )
+            r = numerical
+        ur, sr, vr = u[:, :r], s[:r], vt[:r].T
+        yv = y.T @ vr / sr  # (D, r) = Y V_r Σ_r⁻¹
+        atilde = ur.T @ yv
+        lam, w = scipy.linalg.eig(atilde)
+        order = np.lexsort((-lam.imag, -np.abs(lam)))
+        lam, w = lam[order], w[:, order]
+        self.eigenvalues_ = lam
+        self.modes_ = yv @ w
+        self.operator_ = atilde
+        self.basis_ = ur
+        self.singular_values_ = s
+        self.rank_ = r
+
+
+class HankelDMD(DMDBase):
+    """Time delays as a wrapper: any DMD variant fitted on Hankel vectors.
+
+    Each snapshot is replaced by ``[x_t, x_{t+1}, ..., x_{t+n}]`` (:func:`delay_embed`) before
+    the wrapped variant sees the pairs; the fitted attributes are the wrapped variant's.
+
+    Args:
+        dmd: the variant to wrap (e.g. :class:`ExactDMD`).
+        delays: number of time delays n >= 0.
+    """
+
+    def __init__(self, dmd: DMDBase, delays: int = 0) -> None:
+        self.dmd = dmd
+        self.delays = delays
+
+    @property
+    def dtype(self) -> Any:  # type: ignore[override]
+        return self.dmd.dtype
+
+    def _check_params(self) -> None:
+        if int(self.delays) != self.delays or self.delays < 0:
+            raise ValueError(f"delays must be an integer >= 0, got {self.delays!r}")
+        self.dmd._check_params()
+
+    def embed(self, stack: np.ndarray) -> np.ndarray:
+        return self.dmd.embed(delay_embed(stack, int(self.delays)))
+
+    def _fit_pairs(self, x: np.ndarray, y: np.ndarray, context: str) -> None:
+        self.dmd._fit_pairs(x, y, context)
+        for name in ("eigenvalues_", "modes_", "operator_", "basis_", "singular_values_", "rank_"):
+            setattr(self, name, getattr(self.dmd, name))
+
+
+class DMD(HankelDMD):
+    """Exact DMD with optional rank truncation and time delays, fitted on a stack of runs:
+    ``HankelDMD(ExactDMD(rank, tol, dtype), delays)`` with flat hyper-parameters.
+
+    Args:
+        rank: number r of singular directions kept (and of eigenvalues returned). None keeps
+            every direction whose singular value exceeds ``tol * σ_max``.
+        delays: number of time delays n (0: no embedding).
+        tol: relative cutoff for the numerical rank (also caps an explicit ``rank``).
+        dtype: floating dtype of the computation (float64 by default; float32 loses eigenvalues
+            within ~1e-6 of each other or of the unit circle).
+
+    Attributes (after ``fit``): see :class:`DMDBase`; ``modes_`` are the exact DMD modes
+    (D = F (delays + 1)).
+    """
+
+    def __init__(self, rank: int | None = None, delays: int = 0, tol: float = 1e-10,
+                 dtype: Any = np.float64) -> None:
+        self.rank = rank
+        self.tol = tol
+        super().__init__(ExactDMD(rank, tol, dtype), delays)
+        self._dtype = dtype
+
+    @property
+    def dtype(self) -> Any:  # type: ignore[override]
+        return self._dtype
+
+    def __repr__(self) -> str:
+        return f"DMD(rank={self.rank}, delays={self.delays}, tol={self.tol})"
+
+    def _check_params(self) -> None:
+        self.dmd = ExactDMD(self.rank, self.tol, self._dtype)  # hyper-parameters may be set after init
+        super()._check_params()
 
 
 def per_run_eigenvalues(trajectories: ArrayLike, rank: int | None = None, delays: int = 0) -> list[np.ndarray]:
@@ -270,8 +350,3 @@ def per_run_eigenvalues(trajectories: ArrayLike, rank: int | None = None, delays
     """
     stack = as_stack(trajectories)
     return [DMD(rank=rank, delays=delays).fit(stack[i:i + 1]).eigenvalues_ for i in range(stack.shape[0])]
-
-
-def group_eigenvalues(stacks: Sequence[ArrayLike], rank: int | None = None, delays: int = 0) -> list[np.ndarray]:
-    """DMD eigenvalues of each stack in ``stacks`` (one spectrum per stack)."""
-    return [DMD(rank=rank, delays=delays).fit(s).eigenvalues_ for s in stacks]

@@ -1,4 +1,4 @@
-"""Writing a Koopman results folder: config.json, summary.json, .npy arrays, PNGs, report.html."""
+"""Writing a Koopman results folder: config.json, summary.json, .npy arrays, PNGs, manifest."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from trainmap._io import atomic_save_npy, atomic_savefig, atomic_write_json
-from trainmap.report.html import write_report
+from trainmap.results import open_results
 
 
 def write_results(
@@ -18,8 +17,12 @@ def write_results(
     arrays: Mapping[str, np.ndarray] | None = None,
     figures: Mapping[str, Any] | None = None,
     captions: Mapping[str, str] | None = None,
+    *,
+    kind: str = "koopman",
+    mode: str = "overwrite",
 ) -> Path:
-    """Write everything atomically and build report.html.
+    """Write a Koopman results folder through :func:`trainmap.results.open_results` (the report is
+    built from it by the CLI).
 
     Args:
         out: results folder (created).
@@ -28,21 +31,18 @@ def write_results(
         arrays: ``{"name": array}`` saved as ``name.npy`` (complex arrays stay complex).
         figures: ``{"name.png": matplotlib Figure}``.
         captions: ``{"name.png": "what to look for"}`` (captions.json).
+        kind: what the folder holds (a folder of another kind is refused).
+        mode: ``"overwrite"`` (default: replace an earlier run of the same kind), ``"new"`` or
+            ``"resume"``.
 
     Returns:
         The folder path.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in (arrays or {}).items():
-        atomic_save_npy(out / (name if name.endswith(".npy") else f"{name}.npy"), np.asarray(arr))
-    for name, fig in (figures or {}).items():
-        atomic_savefig(fig, out / name)
-    atomic_write_json(out / "captions.json", dict(captions or {}))
-    atomic_write_json(out / "config.json", dict(config))
-    atomic_write_json(out / "summary.json", dict(summary))
-    write_report(out)
-    return out
+    folder = open_results(out, mode, kind=kind, config=config)
+    folder.finish(summary, arrays={(k[:-4] if k.endswith(".npy") else k): np.asarray(v)
+                                   for k, v in (arrays or {}).items()},
+                  figures=figures, captions=captions or {})
+    return folder.path
 
 
 def ragged(spectra: list[np.ndarray]) -> np.ndarray:

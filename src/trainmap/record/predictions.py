@@ -22,7 +22,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def log_spaced_steps(num_steps: int, num: int = 24, include_zero: bool = True) -
 
 
 def _check_trajectory_probs(probs: np.ndarray) -> None:
-    from trainmap.ribbon.distances import check_probs
+    from trainmap.record.validation import check_probs
 
     for r in range(probs.shape[0]):
         try:
@@ -129,32 +129,6 @@ def check_compatible(trajectories: Sequence[PredictionTrajectory], names: Sequen
 
 
 # ----------------------------------------------------------------------------- from a Recipe
-def _segment_runner(recipe: Any) -> tuple[Callable, Callable]:
-    """Jitted ``advance(theta, opt_state, start, count)`` and ``predict(theta)`` for a recipe."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from jax.flatten_util import ravel_pytree
-
-    x = jnp.asarray(recipe.x)
-    y = jnp.asarray(recipe.y)
-    batches = jnp.asarray(recipe.batches)
-
-    def step(i: Any, carry: tuple) -> tuple:
-        theta, opt_state = carry
-        idx = batches[i]
-        params = recipe.unravel(theta)
-        grads = jax.grad(lambda p: recipe.loss(recipe.apply(p, x[idx]), y[idx]))(params)
-        updates, opt_state = recipe.optimizer.update(grads, opt_state, params)
-        return ravel_pytree(optax.apply_updates(params, updates))[0].astype(theta.dtype), opt_state
-
-    @jax.jit
-    def advance(theta: Any, opt_state: Any, start: Any, count: Any) -> tuple:
-        return jax.lax.fori_loop(start, start + count, step, (theta, opt_state))
-
-    return advance, step
-
-
 def record_recipe_predictions(
     recipe: Any,
     theta0: Any,
@@ -191,21 +165,12 @@ def record_recipe_predictions(
         raise ValueError(f"steps must be increasing integers in [0, {T}], got {steps_arr.tolist()}")
     probe = jnp.asarray(probe_x)
     out = []
-    cache: dict[int, tuple] = {}
     for i, (rec, th) in enumerate(zip(recipes, thetas)):
-        if id(rec) not in cache:
-            advance, _ = _segment_runner(rec)
-            predict = jax.jit(lambda t, rec=rec: jax.nn.softmax(rec.apply(rec.unravel(t), probe), -1))
-            cache[id(rec)] = (advance, predict)
-        advance, predict = cache[id(rec)]
-        theta = jnp.asarray(th)
-        state = rec.optimizer.init(rec.unravel(theta))
-        done, rows = 0, []
-        for s in steps_arr:
-            theta, state = advance(theta, state, done, int(s) - done)
-            done = int(s)
-            rows.append(np.asarray(predict(theta), dtype=np.float32))
-        run = np.stack(rows)
+        def predict(state: Any, rec: Any = rec) -> Any:
+            return jax.nn.softmax(rec.apply(rec.unravel(state.theta), probe), -1)
+
+        _, probs = rec.run_many(jnp.asarray(th)[None], steps_arr, predict)
+        run = np.asarray(probs[0], dtype=np.float32)
         if not np.all(np.isfinite(run)):
             raise ValueError(f"run {i} diverged (NaN predictions); lower the learning rate")
         out.append(run)

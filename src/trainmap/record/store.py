@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -76,11 +76,6 @@ class Trajectory:
     def run(self, i: int) -> np.ndarray:
         """(steps, F) array of run i, loaded into memory."""
         return np.asarray(self.features[i])
-
-    def iter_runs(self) -> Iterator[np.ndarray]:
-        """Yield each run's (steps, F) array, one at a time (streams from disk)."""
-        for i in range(self.shape[0]):
-            yield self.run(i)
 
     def save(self, path: str | os.PathLike, chunk_steps: int = 256) -> Path:
         return save_store(path, "trajectory", {"features": self.features}, self.steps,

@@ -105,9 +105,3 @@ class TorchRecorder:
     def to_trajectory(self, meta: dict | None = None) -> Trajectory:
         """The recorded run as a (1, recorded steps, F) Trajectory with a layer table."""
         return self._rec.to_trajectory({"source": "torch", **(meta or {})})
-
-
-def record_torch(model: Any, optimizer: Any = None, every: int = 1,
-                 include: Sequence[str] | None = None, label: str = "0") -> TorchRecorder:
-    """Shortcut for ``TorchRecorder(model, every, include, optimizer, label)``."""
-    return TorchRecorder(model, every=every, include=include, optimizer=optimizer, label=label)

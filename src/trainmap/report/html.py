@@ -1,6 +1,6 @@
 """A self-contained ``report.html`` for a results folder (inline images, styles and scripts).
 
-The page reads only what a results folder holds (see DESIGN.md):
+The page reads only what a results folder holds (see :mod:`trainmap.results`):
 
 - ``summary.json``: the headline numbers, shown as a table, and its ``warnings`` list;
 - ``config.json``: everything needed to rerun, shown in full;
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from trainmap._io import atomic_write_bytes, load_npy, read_json
+from trainmap.results import MANIFEST, reopen
 
 CAPTIONS_FILE = "captions.json"
 REPORT_FILE = "report.html"
@@ -310,4 +311,22 @@ def write_report(run_dir: str | Path, *, interactive: bool = True, title: str | 
         The path of the report (written atomically).
     """
     page = render_report(run_dir, interactive=interactive, title=title)
-    return atomic_write_bytes(Path(run_dir) / REPORT_FILE, page.encode())
+    path = atomic_write_bytes(Path(run_dir) / REPORT_FILE, page.encode())
+    if (Path(run_dir) / MANIFEST).exists():  # recorded, so that --overwrite removes it too
+        reopen(run_dir).add_file(REPORT_FILE)
+    return path
+
+
+def write_reports(run_dir: str | Path, **kwargs: Any) -> Path:
+    """:func:`write_report` for ``run_dir`` and every finished results folder below it (the
+    sub-folders of an experiment that runs others, e.g. ``trainmap jacobian reproduce``).
+
+    Returns:
+        The path of the top folder's report.
+    """
+    root = Path(run_dir)
+    for manifest in sorted(root.rglob(MANIFEST), key=lambda p: -len(p.parts)):
+        sub = manifest.parent
+        if sub != root and reopen(sub).summary is not None:
+            write_report(sub, **kwargs)
+    return write_report(root, **kwargs)

@@ -19,15 +19,15 @@ def _plt() -> Any:
     return plt
 
 
-def add_captions(out: Path, captions: dict[str, str]) -> None:
-    """Merge captions into ``captions.json`` of a results folder."""
-    path = Path(out) / "captions.json"
+def add_captions(out: Any, captions: dict[str, str]) -> None:
+    """Merge captions into ``captions.json`` of a results folder (a :class:`~trainmap.results.ResultsFolder`)."""
+    path = out / "captions.json"
     current = read_json(path) if path.exists() else {}
     current.update(captions)
     atomic_write_json(path, current)
 
 
-def spectrum_figure(out: Path, eigenvalues: np.ndarray, chi: np.ndarray, name: str = "spectrum.png",
+def spectrum_figure(out: Any, eigenvalues: np.ndarray, chi: np.ndarray, name: str = "spectrum.png",
                     title: str = "InPCA spectrum") -> str:
     """Bar plot of |λ_k| (log scale; red = negative, time-like) and the explained stress χ_k."""
     plt = _plt()
@@ -44,7 +44,7 @@ def spectrum_figure(out: Path, eigenvalues: np.ndarray, chi: np.ndarray, name: s
     b.set_xlabel("k")
     b.set_ylabel("explained stress χ_k")
     b.grid(alpha=0.3)
-    atomic_savefig(fig, Path(out) / name)
+    atomic_savefig(fig, out / name)
     return name
 
 
@@ -52,11 +52,10 @@ def _scatter3d(ax: Any, emb: np.ndarray, colors: Any, **kw: Any) -> Any:
     return ax.scatter(emb[:, 0], emb[:, 1], emb[:, 2], c=colors, s=6, depthshade=False, **kw)
 
 
-def deepnets_figures(out: Path, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.ndarray, geo: np.ndarray,
+def deepnets_figures(out: Any, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.ndarray, geo: np.ndarray,
                      runs: Sequence[dict], steps: np.ndarray, progress: np.ndarray) -> None:
     """3-D embeddings coloured by configuration and by progress, the spectrum, and a plotly view."""
     plt = _plt()
-    out = Path(out)
     M, R = len(runs), len(steps)
     pts = emb[: M * R].reshape(M, R, -1)
     p0, pstar = emb[M * R], emb[M * R + 1]
@@ -157,11 +156,10 @@ def plotly_embedding(path: Path, pts: np.ndarray, groups: Sequence[str], hover: 
     return atomic_write_bytes(path, html.encode())
 
 
-def embed_figures(out: Path, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.ndarray, run_of_point: np.ndarray,
+def embed_figures(out: Any, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.ndarray, run_of_point: np.ndarray,
                   labels: Sequence[str], progress: np.ndarray | None, refs: dict[str, np.ndarray]) -> None:
     """Figures of ``trainmap ribbon embed``: 3-D embedding by run (and by progress), spectrum."""
     plt = _plt()
-    out = Path(out)
     fig = plt.figure(figsize=(13 if progress is not None else 7, 6))
     ncols = 2 if progress is not None else 1
     ax = fig.add_subplot(1, ncols, 1, projection="3d")
@@ -193,11 +191,10 @@ def embed_figures(out: Path, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.n
     })
 
 
-def linear_figures(out: Path, analytic: np.ndarray, empirical: np.ndarray, emb: np.ndarray, runs: int,
+def linear_figures(out: Any, analytic: np.ndarray, empirical: np.ndarray, emb: np.ndarray, runs: int,
                    records: int, title: str) -> None:
     """Analytic vs trained InPCA spectra and the embedded linear-model ensemble."""
     plt = _plt()
-    out = Path(out)
     k = np.arange(1, len(analytic) + 1)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.semilogy(k, analytic, "o-", label="closed form")
@@ -218,10 +215,9 @@ def linear_figures(out: Path, analytic: np.ndarray, empirical: np.ndarray, emb: 
                                               "(hyper-ribbon) decay. Right: the runs in the top two components."})
 
 
-def phase_figure(out: Path, pd: Any) -> None:
+def phase_figure(out: Any, pd: Any) -> None:
     """Heatmaps of χ_3 over (decay, scale) per number of steps, with the derived boundaries."""
     plt = _plt()
-    out = Path(out)
     S = len(pd.steps)
     fig, axes = plt.subplots(2, S, figsize=(4.6 * S, 8), squeeze=False)
     ls = np.log10(pd.scales)

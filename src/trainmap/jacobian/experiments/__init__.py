@@ -15,17 +15,28 @@ Each experiment is one function that writes a results folder (config.json, summa
 =====================================  ===========================================================
 """
 
-from trainmap.jacobian.experiments._common import (ExperimentError, jacobian_spectrum, jacobian_svd,
-                                                   overlap, principal_cosines, random_orthonormal,
-                                                   random_overlap, train_many)
+from trainmap.jacobian.experiments._common import (
+                                                   ExperimentError,
+                                                   jacobian_spectrum,
+                                                   jacobian_svd,
+                                                   overlap,
+                                                   principal_cosines,
+                                                   random_orthonormal,
+                                                   random_overlap,
+                                                   train_many,
+)
 from trainmap.jacobian.experiments.change import parameter_change
 from trainmap.jacobian.experiments.dependence import data_label_dependence, noise_inputs, shuffled_labels
 from trainmap.jacobian.experiments.linearized import linearized_explanation, output_gram
 from trainmap.jacobian.experiments.ood import kl_per_direction, ood_effect, probe_sets
 from trainmap.jacobian.experiments.perturbation import perturbation_response
 from trainmap.jacobian.experiments.reproduce import reproduce
-from trainmap.jacobian.experiments.restricted import (choose_basis, restricted_final, restricted_recipe,
-                                                      restricted_training)
+from trainmap.jacobian.experiments.restricted import (
+                                                   choose_basis,
+                                                   restricted_final,
+                                                   restricted_recipe,
+                                                   restricted_training,
+)
 from trainmap.jacobian.experiments.seeds import seed_overlap
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Helpers shared by the training-Jacobian experiments.
 
-* results folders: :func:`prepare_folder`, :func:`finish` (summary, captions, report.html);
+* results folders: :func:`prepare_folder`, :func:`finish` (config, summary, captions);
 * Jacobians: :func:`jacobian_svd` (the full SVD, through :func:`~trainmap.jacobian.analyze`,
   cached in a results folder) and :func:`jacobian_spectrum` (σ and right singular vectors only,
   from the eigendecomposition of JᵀJ — cheaper, enough for subspace overlaps);
@@ -11,20 +11,20 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._io import load_npy, read_json
 from trainmap._progress import progress_iter  # noqa: F401  (used by the experiments as C.progress_iter)
 from trainmap.jacobian.regions import REGIONS, JacobianSVD, Thresholds, classify, region_mask
 from trainmap.recipe import Recipe
+from trainmap.results import FolderError, ResultsFolder, open_results, reopen
 
 MARKER = "summary.json"
 
@@ -34,45 +34,36 @@ class ExperimentError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- folders
-def prepare_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Create a results folder, refusing to clobber a finished one unless asked.
+def prepare_folder(out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                   kind: str = "jacobian-experiment") -> ResultsFolder:
+    """Open an experiment's results folder (:func:`trainmap.results.open_results`).
 
     Args:
         out: the folder.
         resume: keep what is there (finished sub-results are reused by the caller).
-        overwrite: delete a previous trainmap results folder at ``out`` first.
+        overwrite: remove what trainmap wrote at ``out`` first.
+        kind: what the folder holds.
     """
-    out = Path(out)
-    if overwrite and out.exists():
-        if any(out.iterdir()) and not (out / "config.json").exists():
-            raise FileExistsError(f"{out} is not empty and is not a trainmap results folder; "
-                                  "refusing to overwrite it: choose another --out")
-        shutil.rmtree(out)
-    if (out / MARKER).exists() and not resume:
-        raise FileExistsError(f"{out} already holds finished results; pass --overwrite to redo them, "
-                              "--resume to reuse them, or --out to write elsewhere")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    from trainmap.jacobian.analysis import _mode
+
+    return open_results(out, _mode(resume, overwrite), kind=kind)
 
 
-def finish(out: Path, config: Mapping[str, Any], summary: dict[str, Any],
+def finish(out: ResultsFolder, config: Mapping[str, Any], summary: dict[str, Any],
            captions: Mapping[str, str]) -> dict[str, Any]:
-    """Write config.json, captions.json, summary.json (last: it marks the folder finished) and
-    report.html. Returns ``summary``."""
-    from trainmap.report.html import write_report
-
-    atomic_write_json(out / "config.json", dict(config))
-    atomic_write_json(out / "captions.json", dict(captions))
-    summary.setdefault("warnings", [])
-    atomic_write_json(out / MARKER, summary)
-    write_report(out)
-    return summary
+    """Write config.json, captions.json and summary.json (last: it marks the folder finished).
+    Returns the summary as written."""
+    out.write_config(config)
+    return out.finish(summary, captions=captions)
 
 
-def finished(out: Path) -> dict[str, Any] | None:
+def finished(out: str | Path | ResultsFolder) -> dict[str, Any] | None:
     """The summary of a finished results folder, or None."""
-    p = Path(out) / MARKER
-    return read_json(p) if p.exists() else None
+    path = out.path if isinstance(out, ResultsFolder) else Path(out)
+    try:
+        return reopen(path).summary
+    except FolderError:
+        return None
 
 
 class Timer:
@@ -105,8 +96,8 @@ def data_fingerprint(recipe: Recipe) -> str:
     return h.hexdigest()
 
 
-def _check_same_run(folder: Path, recipe: Recipe, theta0: Any) -> None:
-    """Stop if ``folder`` holds the Jacobian of another recipe or θ₀."""
+def _check_same_run(folder: Path, recipe: Recipe, theta0: Any, dtype: Any = None) -> None:
+    """Stop if ``folder`` holds the Jacobian of another recipe, θ₀ or (``dtype``) precision."""
     th_path = folder / "theta0.npy"
     if th_path.exists():
         old = load_npy(th_path)
@@ -118,6 +109,9 @@ def _check_same_run(folder: Path, recipe: Recipe, theta0: Any) -> None:
     cfg_path = folder / "config.json"
     if cfg_path.exists():
         cfg = read_json(cfg_path)
+        if dtype is not None and "dtype" in cfg and cfg["dtype"] != np.dtype(dtype).name:
+            raise ExperimentError(f"{folder} holds a {cfg['dtype']} Jacobian, but {np.dtype(dtype).name} "
+                                  "was asked for; use another folder, or delete it to recompute")
         if "data_sha256" in cfg and cfg["data_sha256"] != data_fingerprint(recipe):
             raise ExperimentError(f"{folder} holds the Jacobian of a run on other data (inputs, "
                                   "labels or batch order); delete it or use another folder")
@@ -128,6 +122,10 @@ def _check_same_run(folder: Path, recipe: Recipe, theta0: Any) -> None:
             if key in cfg and key in recipe.config and cfg[key] != _json_value(recipe.config[key]):
                 raise ExperimentError(f"{folder} was computed with {key}={cfg[key]!r}, this recipe "
                                       f"has {key}={recipe.config[key]!r}; use the matching folder")
+        if "recipe_fingerprint" in cfg and cfg["recipe_fingerprint"] != recipe.fingerprint():
+            raise ExperimentError(f"{folder} holds the Jacobian of another training run (its model, loss, "
+                                  "optimizer or learning rate differ); use the matching "
+                                  "folder, or delete it to recompute")
 
 
 def _json_value(v: Any) -> Any:
@@ -145,8 +143,12 @@ def jacobian_svd(
     progress: bool = True,
     chunk_size: int | None = None,
     memory_budget_gb: float = 2.0,
+    dtype: Any = np.float32,
 ) -> JacobianSVD:
     """The full SVD J = U diag(S) Vᵀ of the training Jacobian, computed once and cached.
+
+    ``dtype`` (float32 or float64) is the precision of J and its SVD; a cached folder of another
+    precision is refused.
 
     With ``folder`` the work is done by :func:`~trainmap.jacobian.analyze` (a complete results
     folder: figures, summary, resumable chunks) and a finished folder is reused after checking
@@ -161,18 +163,18 @@ def jacobian_svd(
 
     if folder is None:
         J = exact_jacobian(recipe, theta0, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
-                           progress=progress)
-        return svd(J, thresholds)
+                           progress=progress, dtype=dtype)
+        return svd(J, thresholds, dtype)
     folder = Path(folder)
-    if (folder / MARKER).exists():
-        _check_same_run(folder, recipe, theta0)
+    if finished(folder) is not None:
+        _check_same_run(folder, recipe, theta0, dtype)
         dec = load_svd(folder)
         if dec.thresholds != thresholds:
             dec = JacobianSVD(dec.U, dec.S, dec.Vt, classify(dec.S, thresholds), dec.cos_uv, thresholds)
         return dec
-    _check_same_run(folder, recipe, theta0)
+    _check_same_run(folder, recipe, theta0, dtype)
     analyze(recipe, theta0, folder, eval_sets=eval_sets, thresholds=thresholds,
-            chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
+            chunk_size=chunk_size, memory_budget_gb=memory_budget_gb, dtype=dtype,
             resume=resume and folder.exists(), progress=progress)
     return load_svd(folder)
 
@@ -209,11 +211,14 @@ def jacobian_spectrum(
     progress: bool = True,
     chunk_size: int | None = None,
     memory_budget_gb: float = 2.0,
+    dtype: Any = np.float32,
 ) -> JacobianSVD:
     """σ and Vᵀ of the training Jacobian (see :func:`spectrum_from_jacobian`), cached in ``folder``.
 
+    ``dtype`` (float32 or float64) is the precision of J; a cached folder of another is refused.
+
     ``folder`` holds ``jacobian.npy``, ``singular_values.npy``, ``svd_Vt.npy``, ``theta0.npy``
-    and ``spectrum.json`` (written last); the Jacobian's chunks are checkpointed in
+    and ``summary.json`` (written last); the Jacobian's chunks are checkpointed in
     ``folder/checkpoint`` so a killed computation resumes. A folder written by
     :func:`~trainmap.jacobian.analyze` is read as well.
     """
@@ -221,32 +226,33 @@ def jacobian_spectrum(
 
     if folder is None:
         J = exact_jacobian(recipe, theta0, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
-                           progress=progress)
+                           progress=progress, dtype=dtype)
         return spectrum_from_jacobian(J, thresholds)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _check_same_run(folder, recipe, theta0)
-    if (folder / "spectrum.json").exists() or (folder / MARKER).exists():
-        S = load_npy(folder / "singular_values.npy")
-        return JacobianSVD(None, S, load_npy(folder / "svd_Vt.npy"), classify(S, thresholds),  # type: ignore[arg-type]
+    if finished(folder) is not None:  # a spectrum folder, or a full analysis folder
+        _check_same_run(folder, recipe, theta0, dtype)
+        done = reopen(folder)
+        S = done.load_array("singular_values")
+        return JacobianSVD(None, S, done.load_array("svd_Vt"), classify(S, thresholds),  # type: ignore[arg-type]
                            None, thresholds)
-    atomic_save_npy(folder / "theta0.npy", np.asarray(theta0))
-    atomic_write_json(folder / "config.json", {**recipe_config(recipe),
-                                               "data_sha256": data_fingerprint(recipe)})
-    jac = folder / "jacobian.npy"
-    if jac.exists() and resume:
-        J = load_npy(jac)
+    cfg = {**recipe_config(recipe), "data_sha256": data_fingerprint(recipe),
+           "recipe_fingerprint": recipe.fingerprint(), "dtype": np.dtype(dtype).name}
+    mode = "resume" if resume and folder.exists() else "new"
+    if mode == "resume":
+        _check_same_run(folder, recipe, theta0, dtype)
+    out = open_results(folder, mode, kind="jacobian-spectrum", config=cfg)
+    out.save_array("theta0", np.asarray(theta0))
+    if out.resumed and out.has("jacobian.npy"):
+        J = out.load_array("jacobian")
     else:
         J = exact_jacobian(recipe, theta0, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
-                           checkpoint_dir=folder / "checkpoint",
-                           resume=resume and (folder / "checkpoint").exists(), progress=progress)
-        atomic_save_npy(jac, J)
+                           checkpoint_dir=out.dir("checkpoint"), resume=out.resumed, progress=progress,
+                           dtype=dtype)
+        out.save_array("jacobian", J)
     dec = spectrum_from_jacobian(J, thresholds)
-    atomic_save_npy(folder / "singular_values.npy", dec.S)
-    atomic_save_npy(folder / "svd_Vt.npy", dec.Vt)
     counts = {r: int(region_mask(dec.codes, r).sum()) for r in REGIONS}
-    atomic_write_json(folder / "spectrum.json", {"num_params": int(dec.S.size), "counts": counts,
-                                                 "sigma_max": float(dec.S[0])})
+    out.finish({"num_params": int(dec.S.size), "counts": counts, "sigma_max": float(dec.S[0])},
+               arrays={"singular_values": dec.S, "svd_Vt": dec.Vt})
     return dec
 
 
@@ -377,7 +383,3 @@ def loss_acc_many(recipe: Recipe, thetas: Any, x: Any, y: Any, block: int = 256)
         losses.append(np.asarray(lo))
         accs.append(np.asarray(ac))
     return np.concatenate(losses), np.concatenate(accs)
-
-
-def as_index_list(values: Sequence[int] | np.ndarray) -> list[int]:
-    return [int(v) for v in np.asarray(values).ravel()]

@@ -83,6 +83,7 @@ def data_label_dependence(
     jacobian_root: str | Path | None = None,
     thresholds: Thresholds = Thresholds(),
     chunk_size: int | None = None,
+    jacobian_dtype: Any = np.float32,
     progress: bool = True,
     resume: bool = False,
     overwrite: bool = False,
@@ -97,6 +98,7 @@ def data_label_dependence(
             built with ``seed``).
         jacobian_root: folder where each variant's Jacobian is cached (default
             ``out_dir/jacobians``), so a killed run resumes.
+        jacobian_dtype: precision (float32 or float64) of the Jacobians computed here.
         chunk_size: tangents per Jacobian chunk (default: from the memory budget).
 
     Returns:
@@ -112,16 +114,16 @@ def data_label_dependence(
         return done
     if variants is None:
         variants = {"shuffled_labels": shuffled_labels(recipe, seed), "noise_inputs": noise_inputs(recipe, seed)}
-    root = Path(jacobian_root) if jacobian_root is not None else out / "jacobians"
+    root = Path(jacobian_root) if jacobian_root is not None else out.dir("jacobians")
     if dec is None:
-        dec = C.jacobian_spectrum(recipe, theta0, root / "real", thresholds=thresholds,
+        dec = C.jacobian_spectrum(recipe, theta0, root / "real", thresholds=thresholds, dtype=jacobian_dtype,
                                   chunk_size=chunk_size, progress=progress, resume=resume)
     runs: dict[str, JacobianSVD] = {"real": dec}
     for name, rec in variants.items():
         if rec.num_params != recipe.num_params:
             raise ValueError(f"variant {name!r} has {rec.num_params} parameters, the real run "
                              f"{recipe.num_params}; variants must keep the model")
-        runs[name] = C.jacobian_spectrum(rec, theta0, root / name, thresholds=thresholds,
+        runs[name] = C.jacobian_spectrum(rec, theta0, root / name, thresholds=thresholds, dtype=jacobian_dtype,
                                          chunk_size=chunk_size, progress=progress, resume=True)
     summary: dict[str, Any] = {"runs": {n: spectrum_stats(d) for n, d in runs.items()}, "overlaps": {}}
     cosines = {}

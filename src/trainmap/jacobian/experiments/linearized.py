@@ -23,9 +23,9 @@ import numpy as np
 import scipy.linalg
 
 from trainmap._io import atomic_save_npy
-from trainmap.jacobian.exact import precision_context
 from trainmap.jacobian.experiments import _common as C
 from trainmap.jacobian.experiments import plots
+from trainmap.jacobian.precision import precision_context
 from trainmap.jacobian.regions import REGIONS, JacobianSVD, Thresholds, region_mask
 from trainmap.recipe import Recipe
 

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import atomic_save_npy
-from trainmap.jacobian.exact import precision_context
 from trainmap.jacobian.experiments import _common as C
 from trainmap.jacobian.experiments import plots
+from trainmap.jacobian.precision import precision_context
 from trainmap.jacobian.regions import BULK, CHAOTIC, REGIONS, STABLE, JacobianSVD, Thresholds
 from trainmap.recipe import Recipe
 

@@ -18,7 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from trainmap._io import atomic_write_bytes, atomic_write_json
+import numpy as np
+
+from trainmap._io import atomic_write_bytes
 from trainmap.jacobian.experiments import _common as C
 from trainmap.jacobian.experiments.change import parameter_change
 from trainmap.jacobian.experiments.dependence import data_label_dependence
@@ -99,6 +101,7 @@ def reproduce(
     thresholds: Thresholds = Thresholds(),
     chunk_size: int | None = None,
     memory_budget_gb: float = 2.0,
+    dtype: Any = np.float32,
     progress: bool = True,
     resume: bool = False,
     overwrite: bool = False,
@@ -132,14 +135,15 @@ def reproduce(
     if bad:
         raise ValueError(f"unknown experiments {bad}; choose from {EXPERIMENTS}")
     settings = {k: dict(v) for k, v in (settings or {}).items()}
-    out = C.prepare_folder(out_dir, resume=resume, overwrite=overwrite)
+    out = C.prepare_folder(out_dir, resume=resume, overwrite=overwrite, kind="jacobian-reproduce")
     kw = dict(setup_kwargs or {})
     main_seed = int(kw.get("seed", 0))
     seeds = [int(s) for s in seeds]
     cfg = {"setup": kw, "seeds": seeds, "experiments": names, "settings": settings,
            "thresholds": C.thresholds_config(thresholds), "jacobian_dir": jacobian_dir,
-           "chunk_size": chunk_size, "memory_budget_gb": memory_budget_gb}
-    atomic_write_json(out / "config.json", cfg)
+           "chunk_size": chunk_size, "memory_budget_gb": memory_budget_gb,
+           "dtype": np.dtype(dtype).name}
+    out.write_config(cfg)
     setup = digits_mlp(**kw)
     recipe, theta0, data = setup
     evals = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
@@ -147,15 +151,16 @@ def reproduce(
 
     log("[reproduce] main Jacobian (seed %d)" % main_seed)
     t0 = C.Timer()
-    jdir = Path(jacobian_dir) if jacobian_dir is not None else out / "jacobians" / f"seed{main_seed}"
+    jdir = Path(jacobian_dir) if jacobian_dir is not None else out.dir("jacobians") / f"seed{main_seed}"
     dec = C.jacobian_svd(recipe, theta0, jdir, eval_sets=evals, thresholds=thresholds, resume=True,
-                         progress=progress, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb)
+                         progress=progress, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb,
+                         dtype=dtype)
     times["main_jacobian"] = t0()
     main_summary = C.finished(jdir) or {}
     common = dict(thresholds=thresholds, progress=progress, resume=True, config={"setup": kw})
 
     def run(name: str, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-        sub = out / name
+        sub = out.dir(name)
         done = C.finished(sub)
         if done is not None and resume:
             log(f"[reproduce] {name}: reusing finished results")
@@ -186,13 +191,13 @@ def reproduce(
             results[name] = run(name, linearized_explanation, recipe=recipe, theta0=theta0, dec=dec)
         elif name == "dependence":
             results[name] = run(name, data_label_dependence, recipe=recipe, theta0=theta0, dec=dec,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, jacobian_dtype=dtype)
         elif name == "seeds":
             results[name] = run(
                 name, seed_overlap,
                 make_run=lambda s: tuple(digits_mlp(**{**kw, "seed": s})[:2]),
                 seeds=seeds, known={main_seed: _light(dec)},
-                jacobian_root=out / "jacobians", chunk_size=chunk_size)
+                jacobian_root=out.dir("jacobians"), chunk_size=chunk_size, jacobian_dtype=dtype)
     times["total"] = t()
 
     summary = _top_summary(dec, main_summary, results, times)
@@ -230,11 +235,11 @@ def _top_summary(dec: JacobianSVD, main: Mapping[str, Any], results: Mapping[str
     return summary
 
 
-def _write_top(out: Path, cfg: Mapping[str, Any], summary: dict[str, Any],
+def _write_top(out: C.ResultsFolder, cfg: Mapping[str, Any], summary: dict[str, Any],
                results: Mapping[str, Any]) -> None:
     captions = {}
     for name, (sub, fig, cap) in KEY_FIGURES.items():
-        src = out / sub / fig
+        src = out.path / sub / fig
         exp = sub.split("/")[0]
         if src.exists() and (exp == "jacobians" or exp in results):
             atomic_write_bytes(out / name, src.read_bytes())

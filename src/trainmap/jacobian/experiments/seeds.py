@@ -38,6 +38,7 @@ def seed_overlap(
     jacobian_root: str | Path | None = None,
     thresholds: Thresholds = Thresholds(),
     chunk_size: int | None = None,
+    jacobian_dtype: Any = np.float32,
     baseline_seed: int = 0,
     progress: bool = True,
     resume: bool = False,
@@ -67,7 +68,7 @@ def seed_overlap(
     out = C.prepare_folder(out_dir, resume=resume, overwrite=overwrite)
     if resume and (done := C.finished(out)):
         return done
-    root = Path(jacobian_root) if jacobian_root is not None else out / "jacobians"
+    root = Path(jacobian_root) if jacobian_root is not None else out.dir("jacobians")
     known = dict(known or {})
     decs: dict[int, JacobianSVD] = {}
     P = None
@@ -76,7 +77,7 @@ def seed_overlap(
             decs[s] = known[s]
         else:
             recipe, theta0 = make_run(s)
-            decs[s] = C.jacobian_spectrum(recipe, theta0, root / f"seed{s}", thresholds=thresholds,
+            decs[s] = C.jacobian_spectrum(recipe, theta0, root / f"seed{s}", thresholds=thresholds, dtype=jacobian_dtype,
                                           chunk_size=chunk_size, progress=progress, resume=True)
         if P is not None and decs[s].S.size != P:
             raise ValueError(f"seed {s} has {decs[s].S.size} parameters, others {P}; seeds must "

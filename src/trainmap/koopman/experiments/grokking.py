@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from trainmap.data import ModularData, modular_addition
 from trainmap.koopman.experiments._common import progress_iter, summarize_test
-from trainmap.koopman.experiments.training import accuracy, stack_inits, train_and_record
+from trainmap.koopman.experiments.training import accuracy, seeds_recipe, stack_inits, train_and_record
 from trainmap.models import transformer
 from trainmap.recipe import cross_entropy
 
@@ -101,30 +102,22 @@ def long_run(data: ModularData, name: str, seed: int = 0, max_steps: int = 20000
     params0 = jax.tree_util.tree_map(lambda a: a * cond["init_scale"], model.init(jax.random.key(int(seed))))
     x_tr, y_tr = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     x_te, y_te = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-
-    def loss_fn(p):
-        return cross_entropy(model.apply(p, x_tr), y_tr)
+    stacked = jax.tree_util.tree_map(lambda a: a[None], params0)
+    recipe = seeds_recipe(model.apply, cross_entropy, opt, stacked, data.x_train, data.y_train, None,
+                          eval_every, post)
 
     @jax.jit
-    def block(params, state):
-        def step(carry, _):
-            params, state = carry
-            grads = jax.grad(loss_fn)(params)
-            updates, state = opt.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            if post is not None:
-                params = post(params, params0)
-            return (params, state), None
-
-        (params, state), _ = jax.lax.scan(step, (params, state), None, length=eval_every)
+    def block(state):
+        state = recipe.advance(state, 0, eval_every)
+        params = recipe.unravel(state.theta)
         mets = jnp.stack([accuracy(model.apply(params, x_tr), y_tr), accuracy(model.apply(params, x_te), y_te),
-                          loss_fn(params), _tree_norm(params)])
-        return params, state, mets
+                          cross_entropy(model.apply(params, x_tr), y_tr), _tree_norm(params)])
+        return state, mets
 
-    params, state = params0, opt.init(params0)
+    state = recipe.init(ravel_pytree(params0)[0])
     rows, steps, grok, after = [], [], None, 0
     for k in progress_iter(range(max_steps // eval_every), f"long run ({name}, p={data.p})", progress):
-        params, state, mets = block(params, state)
+        state, mets = block(state)
         mets = np.asarray(mets)
         rows.append(mets)
         steps.append((k + 1) * eval_every)

@@ -1,5 +1,5 @@
-"""Small JAX training loops (``lax.scan`` over steps, ``vmap`` over seeds) that record a chosen
-function of the parameters at every step. Shared by the Koopman experiments."""
+"""Ensembles of seeds trained through one :class:`~trainmap.recipe.Recipe` (``vmap`` over seeds),
+recording a chosen function of the parameters at every step. Shared by the Koopman experiments."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
+
+from trainmap.recipe import Recipe, TrainState
 
 Params = Any
 
@@ -44,38 +47,40 @@ def train_and_record(
     Returns:
         (records (S, T + 1, F), losses (S, T), metrics (S, T + 1, K) or None) as NumPy.
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
+    recipe = seeds_recipe(apply, loss, optimizer, params0, x, y, batches, num_steps, post_update)
+    thetas = jax.vmap(lambda p: ravel_pytree(p)[0])(params0)
 
-    def one_seed(p0: Params, idx: jax.Array | None) -> tuple:
-        def step(carry, i):
-            params, state = carry
-            xb, yb = (x, y) if idx is None else (x[idx[i]], y[idx[i]])
-            value, grads = jax.value_and_grad(lambda p: loss(apply(p, xb), yb))(params)
-            updates, state = optimizer.update(grads, state, params)
-            params = optax.apply_updates(params, updates)
-            if post_update is not None:
-                params = post_update(params, p0)
-            out = (record(params), value)
-            if metrics is not None:
-                out = out + (metrics(params),)
-            return (params, state), out
+    def observe(state: TrainState) -> tuple:
+        p = recipe.unravel(state.theta)
+        return (record(p),) if metrics is None else (record(p), metrics(p))
 
-        _, outs = jax.lax.scan(step, (p0, optimizer.init(p0)), jnp.arange(num_steps))
-        recs = jnp.concatenate([record(p0)[None], outs[0]])
-        mets = None if metrics is None else jnp.concatenate([metrics(p0)[None], outs[2]])
-        return recs, outs[1], mets
+    def one_seed(theta0: jax.Array, idx: jax.Array) -> tuple:
+        rec = recipe.run(theta0, record_every=1, record_params=False, observe=observe, batches=idx)
+        return rec.observed, rec.losses
 
-    if batches is None:
-        fn = jax.jit(jax.vmap(lambda p: one_seed(p, None)))
-        recs, losses, mets = fn(params0)
-    else:
-        fn = jax.jit(jax.vmap(one_seed))
-        recs, losses, mets = fn(params0, jnp.asarray(batches))
-    recs, losses = np.asarray(recs), np.asarray(losses)
+    sched = jnp.broadcast_to(jnp.asarray(recipe.batches), (thetas.shape[0], *recipe.batches.shape)) \
+        if batches is None else jnp.asarray(batches)[:, :num_steps]
+    obs, losses = jax.jit(jax.vmap(one_seed))(thetas, sched)
+    recs, losses = np.asarray(obs[0]), np.asarray(losses)
+    mets = None if metrics is None else np.asarray(obs[1])
     if not (np.all(np.isfinite(recs)) and np.all(np.isfinite(losses))):
         raise FloatingPointError("training diverged (NaN/inf); lower the learning rate")
-    return recs, losses, None if mets is None else np.asarray(mets)
+    return recs, losses, mets
+
+
+def seeds_recipe(apply: Callable, loss: Callable, optimizer: optax.GradientTransformation, params0: Params,
+                 x: Any, y: Any, batches: Any | None, num_steps: int,
+                 post_update: Callable[[Params, Params], Params] | None = None) -> Recipe:
+    """The :class:`~trainmap.recipe.Recipe` of one seed of :func:`train_and_record`.
+
+    ``params0`` has a leading seed axis (its first run sets the structure); ``batches`` is
+    (S, T, B) or None for full-batch training (every step sees all N samples).
+    """
+    first = jax.tree_util.tree_map(lambda a: a[0], params0)
+    theta, unravel = ravel_pytree(first)
+    n = int(np.shape(x)[0])
+    sched = np.tile(np.arange(n, dtype=np.int32), (num_steps, 1)) if batches is None else np.asarray(batches)[0, :num_steps]
+    return Recipe(apply, loss, optimizer, x, y, sched, unravel, int(theta.size), project=post_update)
 
 
 def stack_inits(init: Callable[[jax.Array], Params], seeds: list[int]) -> Params:

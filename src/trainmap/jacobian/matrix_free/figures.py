@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -11,13 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from trainmap._io import atomic_savefig  # noqa: E402
 from trainmap.jacobian.figures import COLORS  # noqa: E402
 from trainmap.jacobian.regions import BULK, CHAOTIC, STABLE, Thresholds  # noqa: E402
 
 
 def density_figure(grid: np.ndarray, density: np.ndarray, per_probe: np.ndarray, th: Thresholds,
-                   counts: dict[str, Any], path: Path) -> Path:
+                   counts: dict[str, Any]) -> Any:
     """Estimated density of log10 σ with the region boundaries; one thin line per probe."""
     fig, ax = plt.subplots(figsize=(7, 4))
     sig = 10.0 ** grid
@@ -39,10 +37,10 @@ def density_figure(grid: np.ndarray, density: np.ndarray, per_probe: np.ndarray,
     ax.set_ylabel("estimated density (per unit log10 σ)")
     ax.set_title("Spectral density of J by stochastic Lanczos quadrature")
     ax.legend(loc="upper left", fontsize=8)
-    return atomic_savefig(fig, path)
+    return fig
 
 
-def extreme_figure(top: Any, bottom: Any, rtol: float, th: Thresholds, path: Path) -> Path:
+def extreme_figure(top: Any, bottom: Any, rtol: float, th: Thresholds) -> Any:
     """Extreme singular values (top and, if given, bottom) on a log axis; hollow = not converged."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for t, color, label in ((top, COLORS[CHAOTIC], "top (chaotic end)"),
@@ -62,4 +60,4 @@ def extreme_figure(top: Any, bottom: Any, rtol: float, th: Thresholds, path: Pat
     ax.set_ylabel("singular value σ_i of J")
     ax.set_title("Extreme singular values (block Lanczos on JᵀJ − I)")
     ax.legend(loc="best", fontsize=8)
-    return atomic_savefig(fig, path)
+    return fig

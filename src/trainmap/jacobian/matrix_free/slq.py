@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from trainmap.jacobian.lanczos import BlockLanczosState, BlockOperator, block_lanczos, rademacher
+from trainmap.jacobian.matrix_free.lanczos import BlockLanczosState, BlockOperator, block_lanczos, rademacher
 from trainmap.jacobian.regions import REGIONS, Thresholds
 
 

@@ -39,11 +39,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.flatten_util import ravel_pytree
 
-from trainmap.jacobian.engine import StateLayout
-from trainmap.recipe import Recipe
+from trainmap.recipe import Recipe, StateLayout, TrainState
 
 Params = Any
 
@@ -108,7 +106,7 @@ def detect_mlp(recipe: Recipe, theta0: jax.Array, rtol: float = 1e-4) -> MLPSpec
         sizes = _structure(params)
         if sizes is None:
             return None
-        x, y = recipe._data(theta0.dtype)
+        x, y = recipe.inputs(theta0.dtype)
         idx = jnp.asarray(recipe.batches)[0]
         xb, yb = x[idx], y[idx]
         if int(np.prod(xb.shape[1:])) != sizes[0]:
@@ -256,7 +254,7 @@ class MLPPrimal:
 
     Attributes:
         residuals: list of arrays, leading axis T (see :func:`_compact`).
-        treedef: structure turning one step's residual leaves into ``(stored, lin_opt)``.
+        treedef: structure turning one step's residual leaves into ``(stored, lin_update)``.
         layout: the optimizer state's layout.
         num_params: P.
         dtype: float dtype.
@@ -284,38 +282,35 @@ class MLPPrimal:
         return int(sum(r.nbytes for r in self.args))
 
 
-def _primal_program(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> tuple[Callable, dict, StateLayout]:
-    act = _activations()[spec.activation]
-    x, y = recipe._data(theta0.dtype)
-    opt = recipe.optimizer
-    params0 = recipe.unravel(theta0)
-    state0 = opt.init(params0)
-    layout = StateLayout.of(state0)
-    floats0, others0 = layout.split(state0)
-    found: dict = {}
+def mlp_rule(recipe: Recipe, spec: MLPSpec, dtype: Any) -> Callable:
+    """The MLP tangent rule for :meth:`~trainmap.recipe.Recipe.linearized_steps`.
 
-    def body(carry: tuple, idx: jax.Array) -> tuple[tuple, list]:
-        params, floats, others = carry
+    Per step it computes the gradient with :func:`_primal_layers` (keeping the residuals of the
+    Hessian-vector product) and linearises the recipe's own optimizer half of the step,
+    :meth:`~trainmap.recipe.Recipe.update_params`, in (gradient, float state leaves,
+    parameters). The step's linear map is ``(stored, lin_update)``.
+    """
+    act = _activations()[spec.activation]
+    x, y = recipe.inputs(dtype)
+
+    def rule(state: TrainState, idx: jax.Array) -> tuple[TrainState, tuple]:
+        layout = StateLayout.of(state.opt_state)
+        floats, others = layout.split(state.opt_state)
+        params = recipe.unravel(state.theta)
         grads, aux = _primal_layers(act, recipe.loss, params, x[idx], y[idx])
-        stored = _compact(aux, idx)
 
         def update(g: Params, fl: list, p: Params) -> tuple:
-            u, s2 = opt.update(g, layout.join(fl, others), p)
+            p2, s2 = recipe.update_params(p, layout.join(fl, others), g, state.anchor)
             f2, o2 = layout.split(s2)
-            return (u, f2), o2
+            return (p2, f2), o2
 
-        (u, floats2), lin_opt, others2 = jax.linearize(update, grads, floats, params, has_aux=True)
-        params2 = optax.apply_updates(params, u)
-        params2 = jax.tree_util.tree_map(lambda a: a.astype(theta0.dtype), params2)
-        leaves, treedef = jax.tree_util.tree_flatten((stored, lin_opt))
-        found["treedef"] = treedef
-        return (params2, floats2, others2), leaves
+        (params2, floats2), lin_update, others2 = jax.linearize(update, grads, floats, params,
+                                                                has_aux=True)
+        theta2 = ravel_pytree(params2)[0].astype(state.theta.dtype)
+        return (TrainState(theta2, layout.join(floats2, others2), state.anchor),
+                (_compact(aux, idx), lin_update))
 
-    def primal(theta: jax.Array) -> list:
-        _, res = jax.lax.scan(body, (recipe.unravel(theta), floats0, others0), jnp.asarray(recipe.batches))
-        return res
-
-    return primal, found, layout
+    return rule
 
 
 def residual_bytes(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> int:
@@ -334,13 +329,14 @@ def planned_primal(recipe: Recipe, spec: MLPSpec,
         ``compile_primal()`` compiles the primal pass and returns ``run()``, which trains once
         and returns the :class:`MLPPrimal` with the stored residuals.
     """
-    primal, found, layout = _primal_program(recipe, spec, theta0)
+    primal, layout = recipe.linearized_steps(theta0, mlp_rule(recipe, spec, theta0.dtype))
     shapes = jax.eval_shape(primal, theta0)
+    x = recipe.inputs(theta0.dtype)[0]
 
-    def make(res: list) -> MLPPrimal:
-        return MLPPrimal(list(res), found["treedef"], layout, recipe.num_params,
-                         np.dtype(theta0.dtype), recipe.unravel, recipe._data(theta0.dtype)[0],
-                         spec.activation)
+    def make(res: Any) -> MLPPrimal:
+        leaves, treedef = jax.tree_util.tree_flatten(res)
+        return MLPPrimal(leaves, treedef, layout, recipe.num_params, np.dtype(theta0.dtype),
+                         recipe.unravel, x, spec.activation)
 
     def compile_primal() -> Callable[[], MLPPrimal]:
         compiled = jax.jit(primal).lower(theta0).compile()
@@ -361,10 +357,9 @@ def forward_columns(mp: MLPPrimal, k: int) -> Callable[[list, jax.Array], jax.Ar
 
         def body(carry: tuple, r: list) -> tuple[tuple, None]:
             dp, df = carry
-            stored, lin_opt = jax.tree_util.tree_unflatten(treedef, r)
+            stored, lin_update = jax.tree_util.tree_unflatten(treedef, r)
             dg = _hvp(_expand(stored, x), dp)
-            du, df2 = jax.vmap(lin_opt)(dg, df, dp)
-            return (jax.tree_util.tree_map(jnp.add, dp, du), df2), None
+            return jax.vmap(lin_update)(dg, df, dp), None
 
         (dparams, _), _ = jax.lax.scan(body, (dparams, dfl), res)
         return jax.vmap(lambda d: ravel_pytree(d)[0])(dparams)

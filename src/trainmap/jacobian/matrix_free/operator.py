@@ -2,9 +2,9 @@
 
 * ``J V``: forward mode — a ``vmap`` of ``jvp`` through the scanned training run; the primal
   trajectory is computed once per block and shared by its k tangents. Memory O(state · k).
-* ``Jᵀ W``: reverse mode through the training run with rematerialisation. The T optimizer steps
-  are cut into ⌈T / s⌉ segments of s ≈ √T steps; each segment is a ``jax.checkpoint``-ed inner
-  ``lax.scan``. The forward pass keeps only the training state at segment boundaries; the
+* ``Jᵀ W``: reverse mode through the training run with rematerialisation
+  (:meth:`~trainmap.recipe.Recipe.train_checkpointed`). The T optimizer steps are cut into
+  ⌈T / s⌉ segments of s ≈ √T steps; each segment is a ``jax.checkpoint``-ed inner ``lax.scan``. The forward pass keeps only the training state at segment boundaries; the
   backward pass recomputes one segment at a time. Peak memory of the reverse pass is about
 
       (⌈T/s⌉ + 1) · |state|  +  s · |residuals of one step|  +  2k · P floats,
@@ -15,12 +15,11 @@
 * ``JᵀJ V``: both in one compiled program (returns J V too, for left singular vectors).
 
 All products act on blocks of row vectors ``V: (k, P)`` and can be sharded over every JAX device
-along k (:mod:`trainmap.jacobian.sharding`).
+along k (:mod:`trainmap.jacobian.matrix_free.distributed`).
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any, Callable
 
@@ -28,89 +27,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainmap.jacobian.exact import _check_dtype, precision_context
-from trainmap.jacobian.sharding import shard_rows, vector_mesh
-from trainmap.recipe import Recipe
-
-
-def default_segment(num_steps: int) -> int:
-    """s = ⌈√T⌉, the segment length that balances stored boundaries against one segment's residuals."""
-    return max(1, math.isqrt(max(num_steps - 1, 0)) + 1) if num_steps > 1 else 1
-
-
-def checkpointed_train(recipe: Recipe, segment: int | None = None) -> Callable[[jax.Array], jax.Array]:
-    """``train(theta0) -> thetaT`` identical to ``recipe.train`` but rematerialised in segments.
-
-    Args:
-        recipe: the training run (T steps).
-        segment: steps per checkpointed segment; None: ⌈√T⌉; 0: no checkpointing (the plain
-            scan, whose reverse pass stores every step's residuals).
-
-    Returns:
-        A pure function (P,) -> (P,); its values equal ``recipe.train``'s, and its reverse-mode
-        derivative stores only segment boundaries.
-    """
-    T = recipe.num_steps
-    if segment == 0:
-        return recipe.train
-    s = default_segment(T) if segment is None else int(segment)
-    if s < 1:
-        raise ValueError(f"segment must be >= 0 (0: no checkpointing), got {segment}")
-    s = min(s, T)
-    n_seg, rem = divmod(T, s)
-
-    def train(theta0: jax.Array) -> jax.Array:
-        theta0 = recipe._check_theta(theta0)
-        x, y = recipe._data(theta0.dtype)
-        step = recipe._step_fn(x, y, theta0.dtype)
-        batches = jnp.asarray(recipe.batches)
-
-        @jax.checkpoint
-        def run_segment(carry: Any, idx: jax.Array) -> tuple[Any, None]:
-            carry, _ = jax.lax.scan(step, carry, idx)
-            return carry, None
-
-        carry = (theta0, recipe._init_state(theta0))
-        carry, _ = jax.lax.scan(run_segment, carry, batches[: n_seg * s].reshape(n_seg, s, -1))
-        if rem:
-            carry, _ = run_segment(carry, batches[n_seg * s:])
-        return carry[0]
-
-    return train
-
-
-def jvp_block(train: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``f(theta0 (P,), V (k, P)) -> J V as rows (k, P)``: vmapped forward mode (not jitted)."""
-
-    def f(theta0: jax.Array, V: jax.Array) -> jax.Array:
-        return jax.vmap(lambda v: jax.jvp(train, (theta0,), (v,))[1])(V)
-
-    return f
-
-
-def vjp_block(train: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``f(theta0 (P,), W (k, P)) -> Jᵀ W as rows (k, P)``: vmapped reverse mode (not jitted).
-
-    Use a :func:`checkpointed_train` for ``train`` to bound the memory of the reverse pass.
-    """
-
-    def f(theta0: jax.Array, W: jax.Array) -> jax.Array:
-        _, pullback = jax.vjp(train, theta0)
-        return jax.vmap(lambda w: pullback(w)[0])(W)
-
-    return f
-
+from trainmap.jacobian.matrix_free.distributed import shard_rows, vector_mesh
+from trainmap.jacobian.precision import check_dtype, precision_context
+from trainmap.protocol import TrainingMap
 
 # compiled kernels per recipe, so that operators built again for the same recipe (a resumed run,
 # tests) reuse XLA's compilation instead of tracing new closures
-_KERNELS: "weakref.WeakKeyDictionary[Recipe, dict]" = weakref.WeakKeyDictionary()
+_KERNELS: "weakref.WeakKeyDictionary[TrainingMap, dict]" = weakref.WeakKeyDictionary()
 
 
-def _kernels(recipe: Recipe, segment: int | None, mesh: Any) -> tuple[Callable, Callable, Callable]:
+def _kernels(recipe: TrainingMap, segment: int | None, mesh: Any) -> tuple[Callable, Callable, Callable]:
     key = (segment, tuple(int(d.id) for d in mesh.devices.flat))
     per_recipe = _KERNELS.setdefault(recipe, {})
     if key not in per_recipe:
-        jvp_f, vjp_f = jvp_block(recipe.train), vjp_block(checkpointed_train(recipe, segment))
+        def jvp_f(theta0: jax.Array, V: jax.Array) -> jax.Array:
+            return recipe.jvp(theta0, V)
+
+        def vjp_f(theta0: jax.Array, W: jax.Array) -> jax.Array:
+            return recipe.vjp(theta0, W, segment)
 
         def gram_f(theta0: jax.Array, V: jax.Array) -> tuple[jax.Array, jax.Array]:
             JV = jvp_f(theta0, V)
@@ -138,14 +72,14 @@ class TrainingOperator:
         >>> JtJV, JV = op.gram(V)      # both, in one compiled program
     """
 
-    def __init__(self, recipe: Recipe, theta0: Any, *, dtype: Any = np.float32,
+    def __init__(self, recipe: TrainingMap, theta0: Any, *, dtype: Any = np.float32,
                  segment: int | None = None, devices: Any = None) -> None:
         self.recipe = recipe
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.num_params = int(recipe.num_params)
         self.segment = segment
         with precision_context(self.dtype):
-            self.theta0 = np.asarray(recipe._check_theta(jnp.asarray(theta0, dtype=self.dtype)))
+            self.theta0 = np.asarray(recipe.check_theta(jnp.asarray(theta0, dtype=self.dtype)))
         self.mesh = vector_mesh(devices)
         self._jvp, self._vjp, self._gram = _kernels(recipe, segment, self.mesh)
 
@@ -186,6 +120,28 @@ class TrainingOperator:
         with precision_context(self.dtype):
             return self._gram(self.theta0, V)
 
+    def to_scipy(self) -> Any:
+        """J as a ``scipy.sparse.linalg.LinearOperator`` of shape (P, P), dtype ``self.dtype``.
+
+        ``A @ v`` is J v, ``A.T @ w`` (or ``A.rmatvec``) is Jᵀ w, and ``A @ V`` for V: (P, k)
+        runs the k products as one block. It composes with scipy's solvers and with curvature
+        operators (e.g. curvlinops) like any other LinearOperator::
+
+            sigma = scipy.sparse.linalg.svds(op.to_scipy(), k=5, return_singular_vectors=False)
+        """
+        from scipy.sparse.linalg import LinearOperator
+
+        def matmat(X: np.ndarray) -> np.ndarray:
+            return np.asarray(self.matvec(np.asarray(X).T)).T
+
+        def rmatmat(X: np.ndarray) -> np.ndarray:
+            return np.asarray(self.rmatvec(np.asarray(X).T)).T
+
+        return LinearOperator(self.shape, dtype=self.dtype,
+                              matvec=lambda v: matmat(np.reshape(v, (-1, 1)))[:, 0],
+                              rmatvec=lambda w: rmatmat(np.reshape(w, (-1, 1)))[:, 0],
+                              matmat=matmat, rmatmat=rmatmat)
+
     def block_operator(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """``X (b, P) -> (JᵀJ X, J X)`` as NumPy arrays, for :mod:`trainmap.jacobian.lanczos`."""
+        """``X (b, P) -> (JᵀJ X, J X)`` as NumPy arrays, for :mod:`trainmap.jacobian.matrix_free.lanczos`."""
         return self.gram

@@ -39,13 +39,14 @@ import numpy as np
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
 from trainmap._progress import progress as _progress
-from trainmap.jacobian.exact import CheckpointError, _check_dtype, fingerprint
-from trainmap.jacobian.lanczos import (BlockLanczosState, block_lanczos_step, extreme_triplets,
-                                      rademacher)
-from trainmap.jacobian.matrix_free import TrainingOperator
+from trainmap.jacobian.exact.checkpoint import CheckpointError, fingerprint
+from trainmap.jacobian.matrix_free.lanczos import BlockLanczosState, block_lanczos_step, extreme_triplets, rademacher
+from trainmap.jacobian.matrix_free.operator import TrainingOperator
+from trainmap.jacobian.matrix_free.slq import quadrature, region_counts, spectral_density
+from trainmap.jacobian.precision import check_dtype
 from trainmap.jacobian.regions import REGIONS, Thresholds
-from trainmap.jacobian.slq import quadrature, region_counts, spectral_density
-from trainmap.recipe import Recipe
+from trainmap.protocol import TrainingMap
+from trainmap.results import open_results
 
 METHODS = ("lanczos", "slq")
 CONVERGED_RTOL = 1e-3  # a Ritz pair counts as converged when ‖JᵀJv − σ²v‖ / max(σ², 1) < this
@@ -121,7 +122,7 @@ class LanczosCheckpoint:
 
 # ----------------------------------------------------------------------------- pipeline
 def analyze_scale(
-    recipe: Recipe,
+    recipe: TrainingMap,
     theta0: Any,
     out_dir: str | Path,
     *,
@@ -173,14 +174,14 @@ def analyze_scale(
     Returns:
         The summary dictionary (also written to ``summary.json``).
     """
-    from trainmap.jacobian.analysis import _prepare_folder, train_and_record, write_config
+    from trainmap.jacobian.analysis import _mode, train_and_record
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS} (or 'exact' via analyze)")
     if rank < 1 or probes < 1:
         raise ValueError(f"rank and probes must be >= 1, got rank={rank}, probes={probes}")
     t_start = time.perf_counter()
-    dt = _check_dtype(dtype)
+    dt = check_dtype(dtype)
     P = recipe.num_params
     m = int(steps) if steps else default_steps(method, rank, probes)
     if m * probes > P:
@@ -188,22 +189,22 @@ def analyze_scale(
     if m * probes < rank:
         raise ValueError(f"steps·probes = {m * probes} < rank = {rank}: the Krylov space is too small; "
                          "raise --lanczos-steps or --probes")
-    out = Path(out_dir)
-    _prepare_folder(out, resume, overwrite)
     cfg = {**recipe.config, **(config or {}), "method": method, "rank": rank, "probes": probes,
            "steps": m, "seed": seed, "dtype": dt.name, "segment": segment,
            "num_params": P, "num_steps": recipe.num_steps,
-           "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high}}
-    write_config(out, cfg, resume, may_change=("steps",))
-    th0_np, thT_np, metrics = train_and_record(recipe, theta0, out, dt, eval_sets)
+           "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high},
+           "recipe_fingerprint": recipe.fingerprint()}
+    folder = open_results(out_dir, _mode(resume, overwrite), kind="jacobian-matrix-free", config=cfg,
+                          may_change=("steps",))
+    th0_np, thT_np, metrics = train_and_record(recipe, theta0, folder, dt, eval_sets)
     t_train = time.perf_counter()
 
     # ------------------------------------------------------------------ block Lanczos
     op = TrainingOperator(recipe, th0_np, dtype=dt, segment=segment, devices=devices)
     V0 = rademacher(probes, P, seed, dt)
     key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}"
-    ckpt = LanczosCheckpoint(out / "checkpoint", key)
-    state, spent = ckpt.load(V0, resume)
+    ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key)
+    state, spent = ckpt.load(V0, folder.resumed)
     done_before = state.steps
     budget_hit = False
     new = 0
@@ -245,13 +246,12 @@ def analyze_scale(
                        "bottom_residuals": bottom.residuals})
         if bottom.U is not None:
             arrays["bottom_U"] = bottom.U
-    for name, arr in arrays.items():
-        atomic_save_npy(out / f"{name}.npy", np.asarray(arr, dtype=np.float64 if arr.ndim < 2
-                                                        or arr.shape[1] != P else dt))
-    from trainmap.jacobian import scale_figures
+    arrays = {name: np.asarray(arr, dtype=np.float64 if arr.ndim < 2 or arr.shape[1] != P else dt)
+              for name, arr in arrays.items()}
+    from trainmap.jacobian.matrix_free import figures as scale_figures
 
-    scale_figures.density_figure(grid, dens, per_probe, thresholds, counts, out / "density.png")
-    scale_figures.extreme_figure(top, bottom, CONVERGED_RTOL, thresholds, out / "extreme_sigma.png")
+    figs = {"density.png": scale_figures.density_figure(grid, dens, per_probe, thresholds, counts),
+            "extreme_sigma.png": scale_figures.extreme_figure(top, bottom, CONVERGED_RTOL, thresholds)}
     t_end = time.perf_counter()
 
     summary: dict[str, Any] = {
@@ -276,18 +276,13 @@ def analyze_scale(
                               "lanczos_compute_all_runs": spent}
     summary["peak_memory_mb"] = peak_memory_mb()
     summary["warnings"] = _warnings(summary, top, bottom, budget_hit)
-    atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(out / "captions.json", CAPTIONS)
     if not keep_checkpoint:
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    from trainmap.report.html import write_report
-
-    write_report(out)
-    return summary
+        shutil.rmtree(folder.path / "checkpoint", ignore_errors=True)
+    return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
 
 
 def _single(q: Any, j: int) -> Any:
-    from trainmap.jacobian.slq import Quadrature
+    from trainmap.jacobian.matrix_free.slq import Quadrature
 
     return Quadrature(q.nodes, q.weights[:, j:j + 1], q.dim)
 

@@ -21,8 +21,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._io import atomic_save_npy, load_npy, read_json
 from trainmap._progress import progress as _progress
+from trainmap.results import ResultsFolder, open_results
 
 ARCHITECTURES: dict[str, dict] = {
     "mlp32-relu": dict(kind="mlp", hidden=(32,), activation="relu"),
@@ -99,9 +100,28 @@ def _base_optimizer(name: str) -> Any:
     raise ValueError(f"unknown optimizer {name!r}; use 'sgd', 'momentum' or 'adam'")
 
 
+def _per_run_lr() -> Any:
+    """An optax transform scaling updates by a learning rate kept in its state (one per run when
+    the runs are vmapped; :func:`train_group` sets it)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def init(params: Any) -> Any:
+        return jnp.ones((), jnp.float32)
+
+    def update(updates: Any, lr: Any, params: Any = None) -> tuple:
+        return jax.tree_util.tree_map(lambda u: lr * u, updates), lr
+
+    return optax.GradientTransformation(init, update)
+
+
 def train_group(arch: str, optimizer: str, batch_size: int, lrs: Sequence[float], seeds: Sequence[int],
                 x: np.ndarray, y: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Train runs of one architecture/optimizer/batch size together and record predictions.
+
+    One :class:`~trainmap.recipe.Recipe` (the optimizer at unit rate, then each run's rate)
+    trains every run at once with :meth:`~trainmap.recipe.Recipe.run_many`.
 
     Args:
         lrs, seeds: (G,) learning rate and seed of each run in the group.
@@ -116,11 +136,10 @@ def train_group(arch: str, optimizer: str, batch_size: int, lrs: Sequence[float]
     import optax
     from jax.flatten_util import ravel_pytree
 
-    from trainmap.recipe import cross_entropy, epoch_batches
+    from trainmap.recipe import Recipe, cross_entropy, epoch_batches
 
     classes = int(y.max()) + 1
     model = _model(arch, x.shape[1], classes)
-    base = _base_optimizer(optimizer)
     T = int(steps[-1])
     per_epoch = len(x) // batch_size
     epochs = -(-T // per_epoch)
@@ -128,37 +147,23 @@ def train_group(arch: str, optimizer: str, batch_size: int, lrs: Sequence[float]
     params0 = [model.init(jax.random.key(int(s))) for s in seeds]
     unravel = ravel_pytree(params0[0])[1]
     theta0 = jnp.stack([ravel_pytree(p)[0] for p in params0])
-    X, Y = jnp.asarray(x), jnp.asarray(y)
+    recipe = Recipe(model.apply, cross_entropy, optax.chain(_base_optimizer(optimizer), _per_run_lr()),
+                    x, y, order[0], unravel, int(theta0.shape[1]), {"architecture": arch})
+    states = jax.vmap(recipe.init)(theta0)
+    states = states._replace(opt_state=(states.opt_state[0], jnp.asarray(lrs, dtype=jnp.float32)))
+    X = jnp.asarray(x)
 
-    def advance_one(theta: Any, state: Any, lr: Any, batches: Any, start: Any, count: Any) -> tuple:
-        def step(i: Any, carry: tuple) -> tuple:
-            th, st = carry
-            idx = batches[i]
-            params = unravel(th)
-            grads = jax.grad(lambda p: cross_entropy(model.apply(p, X[idx]), Y[idx]))(params)
-            updates, st = base.update(grads, st, params)
-            updates = jax.tree_util.tree_map(lambda u: lr * u, updates)
-            return ravel_pytree(optax.apply_updates(params, updates))[0], st
+    def predict(state: Any) -> Any:
+        return jax.nn.softmax(model.apply(unravel(state.theta), X), -1).astype(jnp.float32)
 
-        return jax.lax.fori_loop(start, start + count, step, (theta, state))
-
-    advance = jax.jit(jax.vmap(advance_one, in_axes=(0, 0, 0, 0, None, None)))
-    predict = jax.jit(jax.vmap(lambda th: jax.nn.softmax(model.apply(unravel(th), X), -1)))
-    state = jax.vmap(lambda th: base.init(unravel(th)))(theta0)
-    lr_arr = jnp.asarray(lrs, dtype=jnp.float32)
-    batches = jnp.asarray(order)
-    theta, done, rows = theta0, 0, []
-    for s in steps:
-        theta, state = advance(theta, state, lr_arr, batches, done, int(s) - done)
-        done = int(s)
-        rows.append(np.asarray(predict(theta), dtype=np.float32))
-    probs = np.stack(rows, axis=1)
+    _, probs = recipe.run_many(theta0, steps, predict, batches=order, states=states)
+    probs = np.asarray(probs, dtype=np.float32)
     acc = np.mean(np.argmax(probs[:, -1], -1) == y[None], axis=-1)
     return probs, acc
 
 
 def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, progress: bool = True,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
     """Train every run (resuming finished groups), embed, and write the results folder.
 
     Args:
@@ -166,6 +171,7 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
         config: the grid (default :class:`DeepNetsConfig`).
         progress: show progress bars.
         log: where progress messages go.
+        overwrite: start over in a folder of an earlier run (default: resume it).
 
     Returns:
         The summary dict (also written to summary.json).
@@ -175,15 +181,16 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
     from trainmap.record.store import PredictionTrajectory
 
     cfg = config or DeepNetsConfig()
-    out = Path(out_dir)
-    (out / "groups").mkdir(parents=True, exist_ok=True)
     data = load_digits(test_size=1797 - cfg.n_train)
     x, y = data.x_train, data.y_train
     steps = log_spaced_steps(cfg.num_steps, cfg.checkpoints)
     runs = cfg.runs()
-    atomic_write_json(out / "config.json", dict(experiment="ribbon-deepnets", **_jsonable_config(cfg),
-                                                 recorded_steps=steps, num_runs=len(runs),
-                                                 probe="digits training set", n_probe=len(x)))
+    config_json = dict(experiment="ribbon-deepnets", **_jsonable_config(cfg), recorded_steps=steps,
+                       num_runs=len(runs), probe="digits training set", n_probe=len(x))
+    exists = (Path(out_dir) / "manifest.json").exists()
+    out = open_results(out_dir, "resume" if exists and not overwrite else "overwrite" if overwrite else "new",
+                       kind="ribbon-deepnets", config=config_json)
+    group_dir = out.dir("groups")
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(runs):
         groups.setdefault(r["group"], []).append(i)
@@ -193,7 +200,7 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
     bar = _progress(progress, len(groups), "training groups")
     with bar as advance:
         for name, idx in groups.items():
-            f_probs, f_acc = out / "groups" / f"{name}.npy", out / "groups" / f"{name}_acc.npy"
+            f_probs, f_acc = group_dir / f"{name}.npy", group_dir / f"{name}_acc.npy"
             if f_probs.exists() and f_acc.exists():
                 probs[idx], acc[idx] = load_npy(f_probs), load_npy(f_acc)
             else:
@@ -210,7 +217,7 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
     if not finite.all():
         warnings.append(f"{int((~finite).sum())} runs diverged (NaN predictions) and were left out of the embedding")
     traj = PredictionTrajectory(probs, steps, [_label(r) for r in runs], y, {"runs": runs})
-    traj.save(out / "predictions.zarr")
+    traj.save(out.dir("predictions.zarr", create=False))
     log(f"trained {len(runs)} runs in {train_seconds:.0f}s; embedding...")
     summary = embed_experiment(out, probs[finite], y, [r for r, ok in zip(runs, finite) if ok], steps,
                                cfg.components, progress)
@@ -218,8 +225,7 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
                    final_train_accuracy_mean=float(acc[finite].mean()) if finite.any() else None,
                    final_train_accuracy_min=float(acc[finite].min()) if finite.any() else None)
     summary["warnings"] = warnings + summary.get("warnings", [])
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    return out.finish(summary)
 
 
 def _label(r: dict) -> str:
@@ -231,12 +237,12 @@ def _jsonable_config(cfg: DeepNetsConfig) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
-def embed_experiment(out: Path, probs: np.ndarray, targets: np.ndarray, runs: list[dict], steps: np.ndarray,
-                     components: int = 10, progress: bool = True) -> dict:
+def embed_experiment(out: ResultsFolder, probs: np.ndarray, targets: np.ndarray, runs: list[dict],
+                     steps: np.ndarray, components: int = 10, progress: bool = True) -> dict:
     """Joint InPCA of all checkpoints with P₀ and P*, geodesic, measures and figures.
 
     Args:
-        out: results folder.
+        out: the open results folder.
         probs: (runs, R, N, C) predictions.
         targets: (N,) true classes.
         runs: (runs,) run descriptions.
@@ -245,44 +251,27 @@ def embed_experiment(out: Path, probs: np.ndarray, targets: np.ndarray, runs: li
     Returns:
         Summary dict.
     """
+    from trainmap.ribbon.experiments.embed import joint_embedding, stress_summary
     from trainmap.ribbon.figures import deepnets_figures
-    from trainmap.ribbon.inpca import InPCA
-    from trainmap.ribbon.measures import (decay_fit, geodesic_points, geodesic_progress, onehot_prediction,
-                                          uniform_prediction, widths)
 
     t0 = time.perf_counter()
     M, R, N, C = probs.shape
-    refs = np.stack([uniform_prediction(N, C), onehot_prediction(targets, C)]).astype(np.float32)
-    points = np.concatenate([probs.reshape(M * R, N, C), refs])
-    model = InPCA(n_components=components, progress=progress).fit(points)
-    geo = model.transform(geodesic_points(targets, C, 21).astype(np.float32))
-    emb = model.embedding_
-    progress_vals = geodesic_progress(probs.reshape(M * R, N, C), targets)
+    je = joint_embedding(probs.reshape(M * R, N, C), targets, components, True, progress)
+    emb, chi = je.model.embedding_, je.model.explained_stress_
     embed_seconds = time.perf_counter() - t0
-    atomic_save_npy(out / "embedding.npy", emb)
-    atomic_save_npy(out / "eigenvalues.npy", model.eigenvalues_)
-    atomic_save_npy(out / "geodesic.npy", geo)
-    atomic_save_npy(out / "progress.npy", progress_vals)
-    chi = model.explained_stress_
-    fit = decay_fit(model.eigenvalues_)
+    for name, arr in (("embedding", emb), ("eigenvalues", je.model.eigenvalues_), ("geodesic", je.geodesic),
+                      ("progress", je.progress)):
+        out.save_array(name, arr)
     holds = bool(chi[2] >= 0.7)
     verdict = (f"explained stress chi_3 = {chi[2]:.3f} (chi_2 = {chi[1]:.3f}); "
                + ("the low-dimensional picture holds here: three InPCA components carry at least 70% "
                   "of the stress, comparable to the ~71% in two dimensions reported for CIFAR-10"
                   if holds else
                   "the low-dimensional picture does NOT hold at the 70% level here"))
-    deepnets_figures(out, emb, model.eigenvalues_, chi, geo, runs, steps, progress_vals)
-    return dict(
-        chi_1=float(chi[0]), chi_2=float(chi[1]), chi_3=float(chi[2]),
-        explained_stress=[float(v) for v in chi],
-        eigenvalues=[float(v) for v in model.eigenvalues_],
-        num_negative_eigenvalues_in_top=int(np.sum(model.eigenvalues_ < 0)),
-        eigenvalue_decay_ratio=fit.ratio, eigenvalue_decay_r2=fit.r2,
-        widths=[float(v) for v in widths(emb)],
-        total_stress=model.total_stress_, num_points=int(points.shape[0]), num_checkpoints=int(R),
-        progress_final_mean=float(progress_vals.reshape(M, R)[:, -1].mean()),
-        low_dimensional_picture_holds=holds, verdict=verdict, embed_seconds=round(embed_seconds, 1),
-    )
+    deepnets_figures(out, emb, je.model.eigenvalues_, chi, je.geodesic, runs, steps, je.progress)
+    return dict(**stress_summary(je.model), num_points=int(emb.shape[0]), num_checkpoints=int(R),
+                progress_final_mean=float(je.progress.reshape(M, R)[:, -1].mean()),
+                low_dimensional_picture_holds=holds, verdict=verdict, embed_seconds=round(embed_seconds, 1))
 
 
 def load_summary(out_dir: str | Path) -> dict:

@@ -32,48 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from trainmap.recipe import Recipe
+from trainmap.protocol import TrainingMap
+from trainmap.recipe import StateLayout
 
 #: Tangent bytes per device that set the default chunk size. On the reference MLP on an idle 2-core
 #: CPU, K = 128 (4.9 MiB of tangents) ran 54 s for all columns against 56-62 s for K = 64 and
 #: 66 s for K = 256; much larger chunks (jacfwd uses K = P) are slower per direction.
 CACHE_BYTES = 8 * 2**20
-
-
-@dataclass(frozen=True)
-class StateLayout:
-    """How the optimizer state splits into float leaves (differentiated) and the rest (counters).
-
-    Attributes:
-        treedef: the optimizer state's pytree structure.
-        is_float: one flag per leaf: True for inexact leaves, which carry tangents.
-        float_shapes: shapes of the float leaves (each tangent adds a leading K).
-    """
-
-    treedef: Any
-    is_float: tuple[bool, ...]
-    float_shapes: tuple[tuple[int, ...], ...]
-
-    @staticmethod
-    def of(state: Any) -> "StateLayout":
-        leaves, treedef = jax.tree_util.tree_flatten(state)
-        is_float = tuple(bool(jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)) for leaf in leaves)
-        shapes = tuple(tuple(jnp.shape(leaf)) for leaf, f in zip(leaves, is_float) if f)
-        return StateLayout(treedef, is_float, shapes)
-
-    def split(self, state: Any) -> tuple[list, list]:
-        leaves = jax.tree_util.tree_leaves(state)
-        return ([x for x, f in zip(leaves, self.is_float) if f],
-                [x for x, f in zip(leaves, self.is_float) if not f])
-
-    def join(self, floats: Sequence, others: Sequence) -> Any:
-        fi, oi = iter(floats), iter(others)
-        return self.treedef.unflatten([next(fi) if f else next(oi) for f in self.is_float])
-
-    @property
-    def float_size(self) -> int:
-        """Number of float scalars in the state (the tangent of the optimizer state)."""
-        return int(sum(int(np.prod(s)) for s in self.float_shapes))
 
 
 @dataclass
@@ -100,52 +65,14 @@ class SharedPrimal:
         return int(sum(r.nbytes for r in self.residuals))
 
 
-def _flat_step(recipe: Recipe, theta0: jax.Array) -> tuple[Callable, StateLayout, list, list]:
-    """One training step as a function of (θ, float state leaves), other leaves closed over."""
-    x, y = recipe._data(theta0.dtype)
-    step = recipe._step_fn(x, y, theta0.dtype)
-    state0 = recipe._init_state(theta0)
-    layout = StateLayout.of(state0)
-    floats0, others0 = layout.split(state0)
-
-    def flat(theta: jax.Array, floats: list, others: list, idx: jax.Array) -> tuple:
-        (theta2, state2), _ = step((theta, layout.join(floats, others)), idx)
-        f2, o2 = layout.split(state2)
-        return theta2, f2, o2
-
-    return flat, layout, floats0, others0
-
-
-def _primal_program(recipe: Recipe, theta0: jax.Array) -> tuple[Callable, dict, StateLayout]:
-    flat, layout, floats0, others0 = _flat_step(recipe, theta0)
-    found: dict = {}
-
-    def body(carry: tuple, idx: jax.Array) -> tuple[tuple, list]:
-        theta, floats, others = carry
-        def f(th: jax.Array, fl: list) -> tuple:
-            th2, fl2, o2 = flat(th, fl, others, idx)
-            return (th2, fl2), o2
-
-        (theta2, floats2), lin, others2 = jax.linearize(f, theta, floats, has_aux=True)
-        leaves, treedef = jax.tree_util.tree_flatten(lin)
-        found["treedef"] = treedef
-        return (theta2, floats2, others2), leaves
-
-    def primal(theta: jax.Array) -> list:
-        _, res = jax.lax.scan(body, (theta, floats0, others0), jnp.asarray(recipe.batches))
-        return res
-
-    return primal, found, layout
-
-
-def residual_bytes(recipe: Recipe, theta0: jax.Array) -> int:
+def residual_bytes(recipe: TrainingMap, theta0: jax.Array) -> int:
     """Bytes the stored linearisations of all T steps would take (no computation is run)."""
-    primal, _, _ = _primal_program(recipe, theta0)
-    shapes = jax.eval_shape(primal, theta0)
+    primal, _ = recipe.linearized_steps(theta0)
+    shapes = jax.tree_util.tree_leaves(jax.eval_shape(primal, theta0))
     return int(sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in shapes))
 
 
-def shared_primal(recipe: Recipe, theta0: jax.Array) -> SharedPrimal:
+def shared_primal(recipe: TrainingMap, theta0: jax.Array) -> SharedPrimal:
     """Run training once and store the linearisation of every step.
 
     Args:
@@ -155,9 +82,9 @@ def shared_primal(recipe: Recipe, theta0: jax.Array) -> SharedPrimal:
     Returns:
         A :class:`SharedPrimal`; its memory is about ``residual_bytes(recipe, theta0)``.
     """
-    primal, found, layout = _primal_program(recipe, theta0)
-    res = jax.jit(primal)(theta0)
-    return SharedPrimal(list(res), found["treedef"], layout, recipe.num_params, np.dtype(theta0.dtype))
+    primal, layout = recipe.linearized_steps(theta0)
+    leaves, treedef = jax.tree_util.tree_flatten(jax.jit(primal)(theta0))
+    return SharedPrimal(leaves, treedef, layout, recipe.num_params, np.dtype(theta0.dtype))
 
 
 def _tangent_zeros(sp: SharedPrimal, k: int) -> list:
