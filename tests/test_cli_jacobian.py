@@ -75,3 +75,14 @@ def test_cli_engine_options_give_the_same_matrix(tmp_path):
     bad = runner.invoke(app, [*SMALL, "--out", str(tmp_path / "bad"), "--mode", "reverse",
                               "--primal", "per_chunk"])
     assert bad.exit_code == 2 and "reverse mode" in bad.output
+
+
+def test_options_the_method_ignores_are_refused(tmp_path):
+    """--chunk-size means nothing to the matrix-free route, --probes nothing to the exact one."""
+    out = tmp_path / "never"
+    for args, flag in ((["--method", "slq", "--chunk-size", "32"], "--chunk-size"),
+                       (["--probes", "4"], "--probes"),
+                       (["--method", "lanczos", "--mode", "reverse", "--primal", "shared"], "--mode, --primal")):
+        res = runner.invoke(app, [*SMALL[:-2], *args, "--out", str(out)])
+        assert res.exit_code == 2 and flag in res.output, res.output
+        assert not out.exists()  # refused before anything is written

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import jax
-import optax
 
 from trainmap.data import Dataset, load_digits
 from trainmap.models import mlp
+from trainmap.optimizers import make_optimizer
 from trainmap.recipe import Recipe, flat_params, make_recipe
 
 
@@ -24,28 +24,6 @@ class Setup(NamedTuple):
     recipe: Recipe
     theta0: jax.Array
     data: Dataset
-
-
-def make_optimizer(
-    name: str, lr: float, num_steps: int, momentum: float = 0.9, schedule: str = "cosine"
-) -> optax.GradientTransformation:
-    """SGD (with momentum) or Adam with a cosine-decayed (to 0 over ``num_steps``) or constant lr.
-
-    Adam uses ``eps_root=1e-16`` so that it stays differentiable (for the training Jacobian).
-    """
-    if schedule == "cosine":
-        rate = optax.cosine_decay_schedule(lr, num_steps)
-    elif schedule == "constant":
-        rate = lr
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
-    if name == "sgd":
-        return optax.sgd(rate, momentum=momentum if momentum else None)
-    if name == "adam":
-        # eps_root > 0 keeps sqrt(v) differentiable where a gradient is exactly zero (dead
-        # pixels of the digits), so the training Jacobian stays finite
-        return optax.adam(rate, eps_root=1e-16)
-    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
 
 
 def digits_mlp(

@@ -12,9 +12,14 @@ from trainmap.commands._common import run_lens
 app = typer.Typer(help="Training-Jacobian lens: J = dθ_T/dθ₀, its SVD and chaotic/bulk/stable regions.")
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
+def _optimizer_enum() -> type[Enum]:
+    from trainmap.optimizers import OPTIMIZERS
+
+    return Enum("Optimizer", {name: name for name in OPTIMIZERS}, type=str)
+
+
+#: the --optimizer choices, generated from the registry in trainmap.optimizers
+Optimizer = _optimizer_enum()
 
 
 class DType(str, Enum):
@@ -79,6 +84,7 @@ def jacobian(
             dtype=dtype.value, bulk_tol=bulk_tol, out=out, chunk_size=chunk_size or None,
             memory_gb=memory_gb)
         return
+    _refuse_ignored(ctx, method)
     if method is not Method.exact:
         _run_matrix_free(method.value, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
                          optimizer=optimizer.value, activation=activation, seed=seed,
@@ -100,6 +106,24 @@ def jacobian(
         primal=primal.value))
     _write_report(out)
     _print_summary(summary, out)
+
+
+#: options that only one family of methods reads
+EXACT_ONLY = ("chunk_size", "memory_gb", "mode", "primal")
+MATRIX_FREE_ONLY = ("rank", "probes", "lanczos_steps")
+
+
+def _refuse_ignored(ctx: typer.Context, method: "Method") -> None:
+    """One error line for an option the chosen --method would silently ignore."""
+    ignored = MATRIX_FREE_ONLY if method is Method.exact else EXACT_ONLY
+    given = [n for n in ignored
+             if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        other = "--method lanczos|slq" if method is Method.exact else "--method exact"
+        typer.secho(f"error: {flags} {'is' if len(given) == 1 else 'are'} not read by --method {method.value}; "
+                    f"drop {'it' if len(given) == 1 else 'them'} or use {other}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
 
 
 def _run_matrix_free(method: str, *, hidden: int, epochs: int, batch_size: int, lr: float,

@@ -206,15 +206,6 @@ class ArrayRecorder:
 
 
 # ----------------------------------------------------------------------------- recipes
-def record_steps(num_steps: int, record_every: int) -> np.ndarray:
-    """Steps at which :meth:`Recipe.run` records: 0, k, 2k, ... and the last step T."""
-    k = num_steps if record_every <= 0 else int(record_every)
-    steps = list(range(0, num_steps + 1, k))
-    if steps[-1] != num_steps:
-        steps.append(num_steps)
-    return np.asarray(steps)
-
-
 def record_recipe(
     recipe: Any,
     theta0: Any,
@@ -268,6 +259,8 @@ def record_recipe(
         if not np.all(np.isfinite(p)):
             raise ValueError(f"run {i} diverged (NaN/inf parameters); lower the learning rate")
         rows.append(p)
+    from trainmap.recipe import record_steps
+
     steps = record_steps(recipes[0].num_steps, k)
     meta = {"layers": sub, "record_every": k, "recipe": recipes[0].config}
     return Trajectory(np.stack(rows), steps, list(labels) if labels is not None else [], meta)

@@ -89,15 +89,12 @@ def _model(arch: str, d_in: int, classes: int) -> Any:
 
 def _base_optimizer(name: str) -> Any:
     """The optimizer at unit learning rate; the per-run rate multiplies its updates."""
-    import optax
+    from trainmap.optimizers import make_optimizer
 
-    if name == "sgd":
-        return optax.sgd(1.0)
-    if name == "momentum":
-        return optax.sgd(1.0, momentum=0.9)
-    if name == "adam":
-        return optax.adam(1.0)
-    raise ValueError(f"unknown optimizer {name!r}; use 'sgd', 'momentum' or 'adam'")
+    if name not in ("sgd", "momentum", "adam"):
+        raise ValueError(f"unknown optimizer {name!r}; use 'sgd', 'momentum' or 'adam'")
+    return make_optimizer("adam" if name == "adam" else "sgd", 1.0, 1,
+                          momentum=0.9 if name == "momentum" else 0.0, schedule="constant", eps_root=0.0)
 
 
 def _per_run_lr() -> Any:
