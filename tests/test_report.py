@@ -172,7 +172,7 @@ def test_plotly_pages_are_drawn_inline_and_replace_the_automatic_view(tmp_path):
     page_view = views[1]
     assert page_view.source == "embedding3d.html" and page_view.figure["data"][0]["name"] == "ribbon"
     page = render_report(d)
-    assert 'href="embedding3d.html"' in page and page.count("Plotly.newPlot(") == 3
+    assert 'href="./embedding3d.html"' in page and page.count("Plotly.newPlot(") == 3
     (d / "broken.html").write_text("<script>Plotly.newPlot('x', [{oops</script>")
     _, problems = find_views(d, {})
     assert problems and "broken.html" in problems[0]
@@ -183,4 +183,4 @@ def test_nested_results_folders_are_linked(tmp_path):
     for name in ("perturb", "ood"):
         write_report(make_folder(top / name, clean=True), interactive=False)
     page = render_report(top, interactive=False)
-    assert 'href="ood/report.html"' in page and 'href="perturb/report.html"' in page
+    assert 'href="./ood/report.html"' in page and 'href="./perturb/report.html"' in page

@@ -6,9 +6,13 @@ Lens modules are imported lazily inside each command, so ``trainmap --help`` is 
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import typer
 
-from trainmap.commands import jacobian, koopman, report, ribbon
+from trainmap.commands import check, jacobian, koopman, report, ribbon
+from trainmap.commands._common import DEBUG, USER_ERRORS, error_line
 
 app = typer.Typer(
     name="trainmap",
@@ -21,11 +25,38 @@ app.add_typer(jacobian.app, name="jacobian")
 app.add_typer(koopman.app, name="koopman")
 app.add_typer(ribbon.app, name="ribbon")
 app.command(name="report")(report.report_command)
+app.command(name="check")(check.check_command)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
+    """Measure the geometry of neural-network training."""
+    DEBUG["on"] = debug
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (e.g. a batch scheduler) unwinds like Ctrl-C, so that temporary files are removed
+    and finished chunks stay checkpointed."""
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: one ``error: ...`` line and exit code 2 for a user error,
+    exit code 130 for an interruption (``--resume`` continues), a traceback only with --debug."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except KeyboardInterrupt as exc:
+        if "--debug" in sys.argv:
+            raise
+        typer.secho(f"interrupted ({exc or 'Ctrl-C'}); finished work is kept: rerun with --resume to "
+                    "continue", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
+    except USER_ERRORS as exc:
+        if "--debug" in sys.argv:
+            raise
+        typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

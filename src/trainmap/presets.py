@@ -46,6 +46,16 @@ def digits_mlp(
     """
     data = data if data is not None else load_digits()
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    n = len(data.x_train)
+    if not hidden or any(int(h) < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be >= 1 (--hidden), got {list(hidden)}")
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1 (--epochs), got {epochs}")
+    if not 1 <= int(batch_size) <= n:
+        raise ValueError(f"batch size must be in [1, {n}] (the training set has {n} digits; --batch-size), "
+                         f"got {batch_size}")
+    if not (lr > 0 and lr < float("inf")):
+        raise ValueError(f"the learning rate must be a positive finite number (--lr), got {lr}")
     d_in = int(data.x_train.reshape(len(data.x_train), -1).shape[1])
     model = mlp((d_in, *hidden, data.num_classes), activation=activation)
     theta0, unravel = flat_params(model.init, seed)

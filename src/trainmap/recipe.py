@@ -246,7 +246,28 @@ class Recipe:
                 f"theta0 must be a flat vector of shape ({self.num_params},), got {theta0.shape}; "
                 "use jax.flatten_util.ravel_pytree(params)[0]"
             )
+        if self not in _LABELS_CHECKED:
+            self._check_labels(theta0)
+            _LABELS_CHECKED.add(self)
         return theta0
+
+    def _check_labels(self, theta0: jax.Array) -> None:
+        """Integer class labels y: (N,) must lie in [0, C), C the model's output width."""
+        y = np.asarray(self.y)
+        if not (np.issubdtype(y.dtype, np.integer) and y.ndim == 1):
+            return
+        x1 = np.asarray(self.x)[:1]
+        out = jax.eval_shape(lambda t: self.apply(self.unravel(t), x1),
+                             jax.ShapeDtypeStruct(theta0.shape, theta0.dtype))
+        if len(out.shape) != 2 or out.shape[1] < 2:
+            return
+        C = int(out.shape[1])
+        bad = np.flatnonzero((y < 0) | (y >= C))
+        if bad.size:
+            raise ValueError(
+                f"y holds class labels outside [0, {C}): y[{bad[0]}] = {y[bad[0]]} ({bad.size} of {y.size} "
+                f"labels), but the model outputs {C} classes; fix the labels (integers 0..{C - 1}) "
+                "or widen the model's output layer")
 
     # ------------------------------------------------------------------ the pure pair
     def init(self, theta0: jax.Array) -> TrainState:
@@ -528,6 +549,7 @@ def default_segment(num_steps: int) -> int:
 
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Recipe, str]" = weakref.WeakKeyDictionary()
+_LABELS_CHECKED: "weakref.WeakSet[Recipe]" = weakref.WeakSet()
 _COMPILED: "weakref.WeakKeyDictionary[Recipe, dict]" = weakref.WeakKeyDictionary()
 
 

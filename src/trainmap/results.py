@@ -268,6 +268,9 @@ def open_results(out: str | Path, mode: str = "new", *, kind: str,
                 raise FolderError(f"{out}/config.json differs from this run's settings ({'; '.join(diff)}); "
                                   "resume with the same options, or use --overwrite")
         resumed = True
+        for p in out.iterdir():  # leftovers of a killed write (e.g. a P²-sized J) are never reused
+            if _is_temp(p.name):
+                p.unlink(missing_ok=True)
     if man is not None and mode == "overwrite":
         for name in [*man["files"], *man["dirs"]]:
             p = out / name

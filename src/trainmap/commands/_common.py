@@ -1,4 +1,4 @@
-"""What every command shares: one error line for user errors, and the report after a lens."""
+"""What every command shares: one error line for user errors (``--debug`` for the traceback)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,21 @@ from typing import Any, Callable
 
 import typer
 
-#: exceptions that mean "the user asked for something that cannot be done": one line, exit 2
-USER_ERRORS: tuple[type[BaseException], ...] = (FileExistsError, ValueError, RuntimeError)
+#: exceptions that mean "the user asked for something that cannot be done here": one line, exit 2.
+#: OSError covers unusable --out paths and a full disk.
+USER_ERRORS: tuple[type[BaseException], ...] = (FileExistsError, ValueError, RuntimeError, OSError,
+                                                MemoryError)
+
+#: set by ``trainmap --debug``: let exceptions through with their traceback
+DEBUG = {"on": False}
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user sees for ``exc``."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.filename:
+        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}; choose another --out or free space"
+    return "error: " + " ".join(text.split())
 
 
 def run_lens(fn: Callable[[], Any]) -> Any:
@@ -15,5 +28,7 @@ def run_lens(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except USER_ERRORS as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        if DEBUG["on"]:
+            raise
+        typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc

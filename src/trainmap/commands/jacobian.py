@@ -95,8 +95,8 @@ def jacobian(
     from trainmap.jacobian.regions import Thresholds
     from trainmap.presets import digits_mlp
 
-    setup = digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer.value, lr=lr,
-                       epochs=epochs, batch_size=batch_size, seed=seed)
+    setup = run_lens(lambda: digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer.value,
+                                        lr=lr, epochs=epochs, batch_size=batch_size, seed=seed))
     d = setup.data
     summary = run_lens(lambda: analyze(
         setup.recipe, setup.theta0, out,
@@ -135,8 +135,8 @@ def _run_matrix_free(method: str, *, hidden: int, epochs: int, batch_size: int, 
     from trainmap.jacobian.regions import Thresholds
     from trainmap.presets import digits_mlp
 
-    setup = digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer, lr=lr,
-                       epochs=epochs, batch_size=batch_size, seed=seed)
+    setup = run_lens(lambda: digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer, lr=lr,
+                                        epochs=epochs, batch_size=batch_size, seed=seed))
     d = setup.data
     s = run_lens(lambda: analyze_scale(
         setup.recipe, setup.theta0, out, method=method, rank=rank, probes=probes, steps=steps or None,

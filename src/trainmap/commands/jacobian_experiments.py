@@ -69,7 +69,7 @@ def _context(ctx: typer.Context):
     from trainmap.presets import digits_mlp
 
     js = _setup(ctx)
-    setup = digits_mlp(**js.recipe_kwargs)
+    setup = run_lens(lambda: digits_mlp(**js.recipe_kwargs))
     d = setup.data
     jdir = js.out
     typer.echo(f"main Jacobian: {jdir}/ ({'reusing' if C.finished(jdir) is not None else 'computing'}, "

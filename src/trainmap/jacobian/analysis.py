@@ -136,6 +136,7 @@ def analyze(
     """
     t_start = time.perf_counter()
     dt = check_dtype(dtype)
+    check_engine_options(chunk_size, memory_budget_gb, mode, primal)
     cfg = {**recipe.config, **(config or {}), "dtype": dt.name, "chunk_size": chunk_size,
            "memory_budget_gb": memory_budget_gb, "mode": mode, "primal": primal,
            "num_params": recipe.num_params,
@@ -153,6 +154,7 @@ def analyze(
                            memory_budget_gb=memory_budget_gb, checkpoint_dir=folder.dir("checkpoint"),
                            resume=folder.resumed, progress=progress, stop_after=stop_after,
                            out=folder.file("jacobian.npy"), mode=mode, primal=primal)
+        folder.add_file("jacobian.npy")  # its checksum now, so that a resume reads it back verified
     t_jac = time.perf_counter()
 
     dec, proj, arrays, figs = decompose(J, th0_np, thT_np, thresholds, dt)
@@ -165,6 +167,20 @@ def analyze(
                               "svd": t_svd - t_jac, "total": t_svd - t_start}
     summary["warnings"] = _warnings(dec, metrics, dt)
     return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
+
+
+def check_engine_options(chunk_size: int | None, memory_budget_gb: float, mode: str, primal: str) -> None:
+    """Validate the exact engine's options before anything is trained or written."""
+    from trainmap.jacobian.exact.plan import MODES, PRIMALS
+
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size (--chunk-size) must be >= 1, or None for automatic; got {chunk_size}")
+    if not memory_budget_gb > 0:
+        raise ValueError(f"memory_budget_gb (--memory-gb) must be > 0, got {memory_budget_gb}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if primal not in PRIMALS:
+        raise ValueError(f"primal must be one of {PRIMALS}, got {primal!r}")
 
 
 def _mode(resume: bool, overwrite: bool) -> str:

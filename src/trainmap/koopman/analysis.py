@@ -39,6 +39,14 @@ class ObservableConfig:
     rank: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("pca", "projection", "rank"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or v < 1):
+                raise ValueError(f"{name} (--{name}) must be an integer >= 1 (or left out), got {v}")
+        if int(self.delays) != self.delays or self.delays < 0:
+            raise ValueError(f"delays (--delays) must be an integer >= 0, got {self.delays}")
+
 
 def observables(trajectories: Sequence[Trajectory | np.ndarray], cfg: ObservableConfig) -> list[np.ndarray]:
     """Apply layer selection and PCA / random projection, fitted jointly on all inputs.

@@ -153,6 +153,10 @@ def permutation_test(
     """
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if int(n_permutations) != n_permutations or n_permutations < 1:
+        raise ValueError(f"n_permutations (--n-permutations) must be an integer >= 1, got {n_permutations}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha (--alpha) must lie strictly between 0 and 1, got {alpha}")
     arr = spectra_or_distances
     if isinstance(arr, np.ndarray) and arr.ndim == 2 and arr.shape[0] == arr.shape[1] and np.isrealobj(arr) \
             and np.allclose(arr, arr.T) and np.allclose(np.diag(arr), 0):

@@ -73,6 +73,9 @@ def as_stack(trajectories: ArrayLike, name: str = "trajectories", dtype: Any = n
             raise ValueError(
                 f"{name} must have shape (runs, steps, features) or (steps, features), got {arr.shape}"
             )
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); it needs at least one run, two steps "
+                         "and one feature")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise ValueError(f"{name} must be real numbers, got dtype {arr.dtype}")
     arr = arr.astype(dtype, copy=False)

@@ -106,6 +106,15 @@ def from_arrays(
             arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(f"arrays must be (runs, steps, features), got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise ValueError(f"arrays are empty (shape {arr.shape}); a trajectory needs runs, steps and features")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"arrays must be real numbers, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        run, step, feat = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"arrays contain {int(bad.sum())} NaN/inf values (first at run {run}, step {step}, "
+                         f"feature {feat}); the run probably diverged: drop or truncate it")
     steps_arr = np.arange(arr.shape[1]) if steps is None else np.asarray(steps)
     meta = dict(meta or {})
     if layers:

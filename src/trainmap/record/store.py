@@ -29,6 +29,14 @@ from trainmap._io import to_jsonable
 ATTR = "trainmap"
 FORMAT_VERSION = 1
 
+#: dimension names of every array a store may hold (so that ``xarray.open_zarr`` opens it)
+DIMENSIONS = {
+    "features": ("run", "step", "feature"),
+    "probs": ("run", "step", "sample", "class"),
+    "means": ("run", "step", "sample", "output"),
+    "targets": ("sample",),
+}
+
 
 def _validate_steps(steps: np.ndarray, n_steps: int) -> np.ndarray:
     steps = np.asarray(steps, dtype=np.int64)
@@ -163,17 +171,25 @@ def save_store(
     tmp = path.with_name(f".{path.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     group = zarr.open_group(str(tmp), mode="w")
+    # every chunk carries a CRC-32C of its bytes: a scribbled chunk fails to read instead of
+    # decoding to other numbers
+    codecs = dict(compressors=(ZstdCodec(level=0), Crc32cCodec()))
     for name, data in arrays.items():
         shape = tuple(data.shape)
         dtype = np.dtype(getattr(data, "dtype", np.float32))
+        dims = DIMENSIONS.get(name)
+        dims = dims if dims is not None and len(dims) == len(shape) else tuple(f"dim_{i}" for i in range(len(shape)))
         if len(shape) >= 2:
             chunks = (1, min(max(chunk_steps, 1), shape[1]), *shape[2:])
-            arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+            arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims,
+                                     fill_value=None, **codecs)
             for i in range(shape[0]):
                 arr[i] = np.asarray(data[i])
         else:
-            arr = group.create_array(name, shape=shape, dtype=dtype)
+            arr = group.create_array(name, shape=shape, dtype=dtype, dimension_names=dims, **codecs)
             arr[...] = np.asarray(data)
     sidecar = dict(format="trainmap-store", version=FORMAT_VERSION, kind=kind,
                    steps=np.asarray(steps).tolist(), labels=list(labels), meta=to_jsonable(meta))
@@ -188,6 +204,38 @@ def save_store(
     else:
         os.replace(tmp, path)
     return path
+
+
+def _missing_chunks(path: Path, name: str, arr: Any) -> list[tuple[int, ...]]:
+    """Chunk indices of ``arr`` whose file is absent (zarr v3 default chunk keys ``c/i/j/...``)."""
+    import itertools
+
+    grid = [-(-n // c) for n, c in zip(arr.shape, arr.chunks)]
+    if not grid:
+        return [] if (path / name / "c").exists() else [()]
+    base = path / name / "c"
+    return [idx for idx in itertools.product(*(range(g) for g in grid))
+            if not base.joinpath(*(str(i) for i in idx)).exists()]
+
+
+def _where(arr: Any, idx: tuple[int, ...]) -> str:
+    """A chunk index in words: run and steps for (run, step, ...) arrays."""
+    if len(idx) >= 2:
+        s0 = idx[1] * arr.chunks[1]
+        return f"run {idx[0]}, steps {s0}..{min(s0 + arr.chunks[1], arr.shape[1]) - 1} (recorded-step index)"
+    return f"chunk {idx}"
+
+
+def verify_store(path: str | os.PathLike) -> list[str]:
+    """Read every chunk of a store (checksums, missing chunks); one line per problem."""
+    import zarr
+
+    try:
+        kind = dict(zarr.open_group(str(path), mode="r").attrs).get(ATTR, {}).get("kind", "")
+        open_store(path, kind)
+    except (OSError, ValueError) as exc:
+        return [str(exc)]
+    return []
 
 
 def open_store(
@@ -220,9 +268,16 @@ def open_store(
                          "Trajectory.save or PredictionTrajectory.save")
     if info.get("kind") != kind:
         raise ValueError(f"{path} holds a {info.get('kind')!r} store, expected {kind!r}")
-    try:
-        arrays = {name: (arr if lazy else np.asarray(arr[...])) for name, arr in group.arrays()}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} could not be read as a zarr store ({exc}); it is corrupt. "
-                         "Record the trajectory again.") from exc
+    arrays = {}
+    for name, arr in group.arrays():
+        missing = _missing_chunks(path, name, arr)
+        if missing:
+            raise ValueError(f"{path}: array {name!r} is missing {len(missing)} chunk(s), first "
+                             f"{_where(arr, missing[0])}; the store is incomplete or was edited. "
+                             "Record the trajectory again (a missing chunk is never read as zeros)")
+        try:
+            arrays[name] = arr if lazy else np.asarray(arr[...])
+        except Exception as exc:  # zarr/numcodecs raise many kinds (checksum, Zstd RuntimeError, ...)
+            raise ValueError(f"{path}: array {name!r} could not be read ({type(exc).__name__}: {exc}); "
+                             "a chunk is corrupt. Record the trajectory again") from exc
     return arrays, np.asarray(info["steps"], dtype=np.int64), list(info["labels"]), info.get("meta", {})

@@ -168,12 +168,20 @@ def _arrays_html(run_dir: Path) -> str:
             f"<th>size</th></tr>{''.join(rows)}</table>")
 
 
+def _href(relative: str) -> str:
+    """A link to a file inside the results folder: always a relative path (``./name``, percent-
+    encoded), so that a file named ``javascript:...`` is never a live script link."""
+    from urllib.parse import quote
+
+    return html.escape("./" + quote(relative.lstrip("/")))
+
+
 def _subreports_html(run_dir: Path) -> str:
     """Links to the reports of results folders nested one level down (e.g. one per experiment)."""
     subs = sorted(p for p in run_dir.glob(f"*/{REPORT_FILE}") if not p.parent.name.startswith("."))
     if not subs:
         return ""
-    items = "".join(f'<li><a href="{html.escape(p.parent.name)}/{REPORT_FILE}">{html.escape(p.parent.name)}</a></li>'
+    items = "".join(f'<li><a href="{_href(p.parent.name + "/" + REPORT_FILE)}">{html.escape(p.parent.name)}</a></li>'
                     for p in subs)
     return f'<h2 id="subreports">Nested results folders</h2><ul>{items}</ul>'
 
@@ -204,7 +212,7 @@ def _interactive_html(views: list) -> str:
         div = f"plotly-{i}"
         fig = _clean(v.figure)
         layout = fig.get("layout", {})
-        link = (f' Also as a standalone page: <a href="{html.escape(v.source)}">{html.escape(v.source)}</a>.'
+        link = (f' Also as a standalone page: <a href="{_href(v.source)}">{html.escape(v.source)}</a>.'
                 if v.source else "")
         parts.append(
             f'<figure class="interactive"><div id="{div}" class="plotly-view"></div>'

@@ -248,6 +248,8 @@ def _as_points(X: Any) -> Any:
         X = np.asarray(X)
         if X.ndim != 3:
             raise ValueError(f"expected (models, samples, classes) probabilities, got shape {X.shape}")
+    if np.iscomplexobj(X) or (hasattr(X, "dtype") and np.issubdtype(np.dtype(X.dtype), np.complexfloating)):
+        raise ValueError("X holds complex numbers; InPCA embeds real class probabilities: pass softmax outputs")
     return X
 
 

@@ -114,6 +114,17 @@ def make_linear_problem(d: int = 200, decay: float = 0.1, scale: float = 1.0, nu
         sigma: likelihood σ.
         seed: seed for w₀ and w*.
     """
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps (--steps) must be >= 1, got {num_steps}")
+    if int(runs) < 2:
+        raise ValueError(f"runs (--runs) must be >= 2: an ensemble of one run has no spread to embed, got {runs}")
+    if int(num_records) < 2:
+        raise ValueError(f"num_records (--records) must be >= 2, got {num_records}")
+    if not 0 < lr_factor < 2:
+        raise ValueError(f"lr_factor (--lr-factor) must lie in (0, 2): gradient descent on this quadratic "
+                         f"diverges for η λ_max >= 2, got {lr_factor}")
+    if int(d) < 1 or not scale > 0:
+        raise ValueError(f"need d (--dim) >= 1 and scale (--scale) > 0, got d={d}, scale={scale}")
     lam = input_eigenvalues(d, decay, kind)
     rng = np.random.default_rng(seed)
     g = rng.standard_normal(d)

@@ -32,7 +32,8 @@ def fingerprint(recipe: TrainingMap, theta0: np.ndarray, dtype: np.dtype, chunk:
     return h.hexdigest()
 
 
-def _sha(a: np.ndarray) -> str:
+def array_sha256(a: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order)."""
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
@@ -87,15 +88,21 @@ class ChunkStore:
     def save(self, i: int, block: np.ndarray) -> None:
         atomic_save_npy(self.path(i), block)
         man = self._manifest()
-        man["checksums"][str(i)] = _sha(block)
+        man["checksums"][str(i)] = array_sha256(block)
         atomic_write_json(self.folder / MANIFEST, man)
 
-    def load(self, i: int, checksum: str) -> np.ndarray:
+    def load(self, i: int, checksum: str) -> np.ndarray | None:
+        """Chunk i as saved, or None when its file was deleted (it is then recomputed).
+
+        Raises:
+            CheckpointError: the file is corrupt (the message says to delete it and resume).
+        """
         p = self.path(i)
         rows = min(self.chunk, self.num_params - i * self.chunk)
         hint = f"delete {p.name} (the other chunks are kept) and resume to recompute it"
         if not p.exists():
-            raise CheckpointError(f"chunk file {p} is listed as finished but missing; {hint}")
+            self.drop(i)
+            return None
         try:
             block = load_npy(p)
         except ValueError as exc:
@@ -105,6 +112,12 @@ class ChunkStore:
                 f"chunk file {p} has shape {block.shape} and dtype {block.dtype}, expected "
                 f"{(rows, self.num_params)} {self.dtype}; it is corrupt: {hint}"
             )
-        if _sha(block) != checksum:
+        if array_sha256(block) != checksum:
             raise CheckpointError(f"chunk file {p} fails its checksum; it is corrupt: {hint}")
         return block
+
+    def drop(self, i: int) -> None:
+        """Forget chunk i (its file was deleted): the next run recomputes it."""
+        man = self._manifest()
+        man["checksums"].pop(str(i), None)
+        atomic_write_json(self.folder / MANIFEST, man)

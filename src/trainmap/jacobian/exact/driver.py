@@ -104,7 +104,11 @@ def exact_jacobian(
         with _Assembler(P, dt, rows_of_J, out) as asm:
             done = store.done() if store is not None else {}
             for i, checksum in sorted(done.items()):
-                asm.put(i * K, store.load(i, checksum))  # type: ignore[union-attr]
+                block = store.load(i, checksum)  # type: ignore[union-attr]
+                if block is None:  # deleted by the user after a checksum failure: recompute it
+                    del done[i]
+                else:
+                    asm.put(i * K, block)
             todo = [i for i in range(n_chunks) if i not in done]
             if todo:
                 _compute_chunks(recipe, theta0, plan, K, todo, asm, store, devices, progress,

@@ -40,6 +40,7 @@ import numpy as np
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
 from trainmap._progress import progress as _progress
 from trainmap.jacobian.exact.checkpoint import CheckpointError, fingerprint
+from trainmap.jacobian.exact.checkpoint import array_sha256 as _sha
 from trainmap.jacobian.matrix_free.lanczos import BlockLanczosState, block_lanczos_step, extreme_triplets, rademacher
 from trainmap.jacobian.matrix_free.operator import TrainingOperator
 from trainmap.jacobian.matrix_free.slq import quadrature, region_counts, spectral_density
@@ -77,11 +78,13 @@ class LanczosCheckpoint:
     """Append-only files of a block Lanczos run: one set of ``.npy`` files per finished step.
 
     Step j writes ``side_j.npy`` (J Q_j), ``coeff_j.npy``, ``Q_{j+1}.npy`` and ``R_{j+1}.npy``,
-    then ``progress.json`` (atomically, last), so a killed run loses at most the step in flight.
+    then ``progress.json`` (atomically, last, with the SHA-256 of every array), so a killed run
+    loses at most the step in flight and an edited file is refused on resume.
     """
 
     def __init__(self, folder: Path, key: str) -> None:
         self.folder, self.key = folder, key
+        self._sums: dict[str, str] = {}
 
     def _progress_path(self) -> Path:
         return self.folder / "progress.json"
@@ -99,25 +102,38 @@ class LanczosCheckpoint:
         if prog.get("key") != self.key:
             raise CheckpointError(f"{self.folder} belongs to a different run (recipe, θ₀, probes or "
                                   "dtype changed); rerun without --resume or with --overwrite")
+        self._sums = dict(prog.get("checksums", {}))
         for j in range(int(prog["steps"])):
             state.blocks.append(state.next_block)  # type: ignore[arg-type]
             side = self.folder / f"side_{j:04d}.npy"
             if side.exists():
-                state.side.append(load_npy(side))
-            state.coeffs.append(load_npy(self.folder / f"coeff_{j:04d}.npy"))
-            state.next_block = load_npy(self.folder / f"Q_{j + 1:04d}.npy")
-            state.next_R = load_npy(self.folder / f"R_{j + 1:04d}.npy")
+                state.side.append(self._read(side))
+            state.coeffs.append(self._read(self.folder / f"coeff_{j:04d}.npy"))
+            state.next_block = self._read(self.folder / f"Q_{j + 1:04d}.npy")
+            state.next_R = self._read(self.folder / f"R_{j + 1:04d}.npy")
         return state, float(prog.get("compute_s", 0.0))
+
+    def _read(self, path: Path) -> np.ndarray:
+        a = load_npy(path)
+        want = self._sums.get(path.name)
+        if want is not None and _sha(a) != want:
+            raise CheckpointError(f"{path} fails its checksum (edited or corrupt); the Lanczos steps cannot "
+                                  "be trusted: rerun with --overwrite to recompute them")
+        return a
+
+    def _write(self, name: str, a: np.ndarray) -> None:
+        atomic_save_npy(self.folder / name, a)
+        self._sums[name] = _sha(np.asarray(a))
 
     def save_step(self, state: BlockLanczosState, compute_s: float) -> None:
         j = state.steps - 1
         if state.side:
-            atomic_save_npy(self.folder / f"side_{j:04d}.npy", state.side[-1])
-        atomic_save_npy(self.folder / f"coeff_{j:04d}.npy", state.coeffs[-1])
-        atomic_save_npy(self.folder / f"Q_{j + 1:04d}.npy", state.next_block)  # type: ignore[arg-type]
-        atomic_save_npy(self.folder / f"R_{j + 1:04d}.npy", state.next_R)  # type: ignore[arg-type]
+            self._write(f"side_{j:04d}.npy", state.side[-1])
+        self._write(f"coeff_{j:04d}.npy", state.coeffs[-1])
+        self._write(f"Q_{j + 1:04d}.npy", state.next_block)  # type: ignore[arg-type]
+        self._write(f"R_{j + 1:04d}.npy", state.next_R)  # type: ignore[arg-type]
         atomic_write_json(self._progress_path(), {"key": self.key, "steps": state.steps,
-                                                  "compute_s": compute_s})
+                                                  "compute_s": compute_s, "checksums": self._sums})
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -48,6 +48,9 @@ def linear_ensemble(out: str | Path, *, decay: float = 0.5, scale: float = 10.0,
     D = gaussian_bhattacharyya_matrix(F.reshape(-1, F.shape[-1]), prob.sigma**2)
     model = InPCA(k, solver="dense").fit_distances(D)
     lam_e = model.eigenvalues_
+    if not (np.all(np.isfinite(lam_a)) and np.all(np.isfinite(lam_e)) and np.all(np.isfinite(F))):
+        raise ValueError("the linear ensemble diverged (non-finite predictions or spectra); lower --lr-factor "
+                         "or --scale; no ribbon is reported for a diverged run")
     rel = np.abs(lam_e[:5] - lam_a[:5]) / np.abs(lam_a[:5])
     X = exact_covariance_inputs(prob.eigenvalues, 2 * dim, seed + 1)
     gd = simulate_gd(X, X @ prob.w_star, prob.w0, prob.lr, prob.steps)
