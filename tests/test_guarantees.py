@@ -284,3 +284,22 @@ def test_a_signal_mid_run_then_resume_gives_the_same_matrix(tmp_path, sig, clean
     np.testing.assert_array_equal(np.load(out / "singular_values.npy"), clean_run)
     assert json.loads((out / "manifest.json").read_text())["finished"] is True
     assert not list(Path(out).glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- 3. other lenses
+def test_a_second_spectrum_is_refused_and_overwrite_leaves_no_stale_file(tmp_path):
+    from trainmap.record.store import Trajectory
+
+    rng = np.random.default_rng(0)
+    many = Trajectory(rng.random((3, 30, 4)), np.arange(30)).save(tmp_path / "many.zarr")
+    short = Trajectory(rng.random((2, 3, 4)), np.arange(3)).save(tmp_path / "short.zarr")
+    out = tmp_path / "k"
+    first = runner.invoke(app, ["koopman", "spectrum", str(many), "--rank", "3", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert (out / "per_run_eigenvalues.npy").exists()
+    again = runner.invoke(app, ["koopman", "spectrum", str(short), "--rank", "3", "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    redo = runner.invoke(app, ["koopman", "spectrum", str(short), "--rank", "3", "--out", str(out), "--overwrite"])
+    assert redo.exit_code == 0, redo.output
+    assert not (out / "per_run_eigenvalues.npy").exists()  # 2 pairs per run < rank 3: no per-run spectra
+    assert "per_run_eigenvalues" not in (out / "report.html").read_text()

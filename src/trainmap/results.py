@@ -215,6 +215,48 @@ def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any], skip: tuple[str
             if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
 
+def check_folder(out: str | Path, mode: str = "new", *, kind: str,
+                 config: Mapping[str, Any] | None = None, may_change: tuple[str, ...] = ()) -> dict | None:
+    """The checks of :func:`open_results`, writing nothing: call it before long work, so that a
+    folder that would be refused is refused before the work starts.
+
+    Returns:
+        The folder's manifest (None when there is none yet).
+
+    Raises:
+        FolderError: as :func:`open_results`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FolderError(f"{out} is a file, not a folder; choose another --out")
+    cfg = _as_json(dict(config)) if config is not None else None
+    man = _read_manifest(out) if out.exists() else None
+    entries = _foreign(out, man) if out.exists() else []
+    if man is None and entries:
+        raise FolderError(f"{out} is not empty and was not written by trainmap (it holds "
+                          f"{', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}); "
+                          "refusing to write there: choose another --out")
+    if man is not None and man.get("kind") != kind:
+        raise FolderError(f"{out} holds {man.get('kind')!r} results, not {kind!r}; choose another --out")
+    if man is not None and entries:
+        raise FolderError(f"{out} holds files trainmap did not write ({', '.join(entries[:5])}"
+                          f"{' ...' if len(entries) > 5 else ''}); move them away or choose another --out")
+    if man is not None and mode == "new":
+        state = "finished" if man.get("finished") else "unfinished"
+        raise FolderError(f"{out} already holds {state} {kind} results; pass --resume to "
+                          f"{'reuse' if state == 'finished' else 'continue'} them, --overwrite to "
+                          "redo them, or --out to write elsewhere")
+    if man is not None and mode == "resume":
+        if cfg is not None and (out / CONFIG).exists():
+            diff = _config_diff(read_json(out / CONFIG), cfg, may_change)
+            if diff:
+                raise FolderError(f"{out}/config.json differs from this run's settings ({'; '.join(diff)}); "
+                                  "resume with the same options, or use --overwrite")
+    return man
+
+
 def open_results(out: str | Path, mode: str = "new", *, kind: str,
                  config: Mapping[str, Any] | None = None,
                  may_change: tuple[str, ...] = ()) -> ResultsFolder:
@@ -238,39 +280,14 @@ def open_results(out: str | Path, mode: str = "new", *, kind: str,
             unfinished run that ``mode`` does not allow, or a run with another config on resume.
             Nothing has been written when it is raised.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    man = check_folder(out, mode, kind=kind, config=config, may_change=may_change)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FolderError(f"{out} is a file, not a folder; choose another --out")
-    cfg = _as_json(dict(config)) if config is not None else None
-    man = _read_manifest(out) if out.exists() else None
-    entries = _foreign(out, man) if out.exists() else []
-    if man is None and entries:
-        raise FolderError(f"{out} is not empty and was not written by trainmap (it holds "
-                          f"{', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}); "
-                          "refusing to write there: choose another --out")
-    if man is not None and man.get("kind") != kind:
-        raise FolderError(f"{out} holds {man.get('kind')!r} results, not {kind!r}; choose another --out")
-    if man is not None and entries:
-        raise FolderError(f"{out} holds files trainmap did not write ({', '.join(entries[:5])}"
-                          f"{' ...' if len(entries) > 5 else ''}); move them away or choose another --out")
-    resumed = False
-    if man is not None and mode == "new":
-        state = "finished" if man.get("finished") else "unfinished"
-        raise FolderError(f"{out} already holds {state} {kind} results; pass --resume to "
-                          f"{'reuse' if state == 'finished' else 'continue'} them, --overwrite to "
-                          "redo them, or --out to write elsewhere")
-    if man is not None and mode == "resume":
-        if cfg is not None and (out / CONFIG).exists():
-            diff = _config_diff(read_json(out / CONFIG), cfg, may_change)
-            if diff:
-                raise FolderError(f"{out}/config.json differs from this run's settings ({'; '.join(diff)}); "
-                                  "resume with the same options, or use --overwrite")
-        resumed = True
+    resumed = man is not None and mode == "resume"
+    if resumed:
         for p in out.iterdir():  # leftovers of a killed write (e.g. a P²-sized J) are never reused
             if _is_temp(p.name):
                 p.unlink(missing_ok=True)
+    cfg = _as_json(dict(config)) if config is not None else None
     if man is not None and mode == "overwrite":
         for name in [*man["files"], *man["dirs"]]:
             p = out / name

@@ -17,6 +17,7 @@ app = typer.Typer(help="Koopman lens: DMD spectra of training dynamics and conju
                   no_args_is_help=True)
 
 OUT_HELP = "results folder (default results/koopman-<command>)"
+OVERWRITE_HELP = "replace what trainmap wrote in --out before (a folder holding results is refused otherwise)"
 
 
 def _out(out: Optional[Path], name: str) -> Path:
@@ -40,6 +41,7 @@ def _finish(out: Path, lines: List[str]) -> None:
 def spectrum_command(
     traj: Path = typer.Argument(..., help="trajectory store (.zarr) written by a trainmap recorder"),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     layers: Optional[str] = typer.Option(None, help="comma-separated layer names to keep (default: all)"),
     pca: Optional[int] = typer.Option(None, help="project on this many principal components"),
     projection: Optional[int] = typer.Option(None, help="Gaussian random projection dimension"),
@@ -52,7 +54,8 @@ def spectrum_command(
 
     out = _out(out, "spectrum")
     summary = run_lens(lambda: spectrum_of_store(traj, out, layers=_layers(layers), pca=pca,
-                                                 projection=projection, delays=delays, rank=rank, seed=seed))
+                                                 projection=projection, delays=delays, rank=rank, seed=seed,
+                                                 overwrite=overwrite))
     _finish(out, [f"{summary['n_eigenvalues']} eigenvalues, max |λ| = {summary['max_modulus']:.6g}"])
 
 
@@ -61,6 +64,7 @@ def compare_command(
     traj_a: Path = typer.Argument(..., help="trajectory store of condition A"),
     traj_b: Path = typer.Argument(..., help="trajectory store of condition B"),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     layers: Optional[str] = typer.Option(None, help="comma-separated layer names to keep (default: all)"),
     pca: Optional[int] = typer.Option(None, help="principal components fitted on the runs of both"),
     projection: Optional[int] = typer.Option(None, help="Gaussian random projection dimension"),
@@ -76,13 +80,14 @@ def compare_command(
     out = _out(out, "compare")
     summary, line = run_lens(lambda: compare_stores(
         traj_a, traj_b, out, layers=_layers(layers), pca=pca, projection=projection, delays=delays,
-        rank=rank, n_permutations=n_permutations, alpha=alpha, seed=seed))
+        rank=rank, n_permutations=n_permutations, alpha=alpha, seed=seed, overwrite=overwrite))
     _finish(out, [f"W1(pooled) = {summary['W1_pooled']:.4g}", line])
 
 
 @app.command("omd-ogd")
 def omd_ogd_command(
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     replicates: int = typer.Option(10, help="independent draws of initial conditions per method (test)"),
     grid: int = typer.Option(5, help="grid size (grid x grid initial conditions)"),
     eta: float = typer.Option(1e-2, help="step size"),
@@ -96,8 +101,9 @@ def omd_ogd_command(
     from trainmap.koopman.experiments import omd_ogd
 
     out = _out(out, "omd-ogd")
-    s = omd_ogd.run(out, eta=eta, steps=steps, grid=grid, delays=delays, rank=rank, replicates=replicates,
-                    n_permutations=n_permutations, seed=seed)
+    s = run_lens(lambda: omd_ogd.run(out, eta=eta, steps=steps, grid=grid, delays=delays, rank=rank,
+                                      replicates=replicates, n_permutations=n_permutations, seed=seed,
+                                      overwrite=overwrite))
     _finish(out, [f"W(OMD,OGD) = {s['W_OMD_OGD']:.4g}, W(OGD,BM) = {s['W_OGD_BM']:.4g}, "
                      f"ratio = {s['ratio_W_OGD_BM_over_W_OMD_OGD']:.3g}",
                      f"OMD vs OGD: {s['test_OMD-OGD']['verdict']}", f"OGD vs BM: {s['test_OGD-BM']['verdict']}"])
@@ -106,6 +112,7 @@ def omd_ogd_command(
 @app.command("mlp-width")
 def mlp_width_command(
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     widths: str = typer.Option("5,10,40", help="comma-separated hidden widths"),
     seeds: int = typer.Option(10, help="number of seeds per width"),
     steps: int = typer.Option(1000, help="SGD steps (logged every step)"),
@@ -120,16 +127,17 @@ def mlp_width_command(
     from trainmap.koopman.experiments import mlp_width
 
     out = _out(out, "mlp-width")
-    ws = tuple(int(w) for w in widths.split(","))
-    s = mlp_width.run(out, widths=ws, seeds=tuple(range(seeds)), steps=steps, lr=lr, batch_size=batch_size,
-                      embed_dim=embed_dim, rank=rank, mnist=str(mnist) if mnist else None,
-                      n_permutations=n_permutations)
+    s = run_lens(lambda: mlp_width.run(
+        out, widths=tuple(int(w) for w in widths.split(",")), seeds=tuple(range(seeds)), steps=steps, lr=lr,
+        batch_size=batch_size, embed_dim=embed_dim, rank=rank, mnist=str(mnist) if mnist else None,
+        n_permutations=n_permutations, overwrite=overwrite))
     _finish(out, [f"{k}: {v['verdict']}" for k, v in s.items() if isinstance(v, dict) and "verdict" in v])
 
 
 @app.command("cnn-early")
 def cnn_early_command(
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     seeds: int = typer.Option(6, help="number of seeds"),
     steps: int = typer.Option(400, help="early-training steps recorded"),
     window: int = typer.Option(50, help="recorded points per window"),
@@ -142,8 +150,9 @@ def cnn_early_command(
     from trainmap.koopman.experiments import cnn_early
 
     out = _out(out, "cnn-early")
-    s = cnn_early.run(out, seeds=tuple(range(seeds)), steps=steps, window=window, stride=stride, lr=lr,
-                      momentum=momentum, n_permutations=n_permutations)
+    s = run_lens(lambda: cnn_early.run(out, seeds=tuple(range(seeds)), steps=steps, window=window, stride=stride,
+                                        lr=lr, momentum=momentum, n_permutations=n_permutations,
+                                        overwrite=overwrite))
     _finish(out, [f"largest spectral change between windows {s['largest_change_between_windows']} "
                      f"(steps {s['largest_change_steps']}), W1 = {s['largest_consecutive_W1']:.4g}"])
 
@@ -151,6 +160,7 @@ def cnn_early_command(
 @app.command("grokking")
 def grokking_command(
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     p: int = typer.Option(113, help="modulus of the spectra runs"),
     seeds: int = typer.Option(5, help="seeds per condition"),
     steps: int = typer.Option(100, help="early steps analysed"),
@@ -164,8 +174,10 @@ def grokking_command(
     from trainmap.koopman.experiments import grokking
 
     out = _out(out, "grokking")
-    s = grokking.run(out, p=p, seeds=tuple(range(seeds)), steps=steps, delays=delays, long_p=long_p or None,
-                     long_steps=long_steps, long_train_fraction=long_train_fraction, n_permutations=n_permutations)
+    s = run_lens(lambda: grokking.run(out, p=p, seeds=tuple(range(seeds)), steps=steps, delays=delays,
+                                       long_p=long_p or None, long_steps=long_steps,
+                                       long_train_fraction=long_train_fraction, n_permutations=n_permutations,
+                                       overwrite=overwrite))
     lines = [f"grokking vs non-grokking: {s['test']['verdict']}"]
     if "long_run" in s:
         lr = s["long_run"]

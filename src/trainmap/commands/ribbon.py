@@ -24,6 +24,13 @@ def _finish(out: Path) -> None:
     typer.echo(f"wrote {out}/ (report: {report})")
 
 
+OVERWRITE_HELP = "Replace what trainmap wrote in --out before (a folder holding results is refused otherwise)."
+
+
+def _mode(overwrite: bool) -> str:
+    return "overwrite" if overwrite else "new"
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -40,12 +47,13 @@ def embed(
     references: bool = typer.Option(True, help="Add P0 (uniform) and P* (one-hot truth) when targets are known."),
     block: int = typer.Option(256, help="Checkpoints per Bhattacharyya block."),
     float64: bool = typer.Option(False, help="float64 products (slower; float32 is accurate to ~1e-7)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Joint InPCA embedding of one or more prediction trajectories."""
     from trainmap.ribbon.experiments.embed import embed_stores
 
     summary = run_lens(lambda: embed_stores(paths, out, components=components, references=references,
-                                            block=block, float64=float64))
+                                            block=block, float64=float64, mode=_mode(overwrite)))
     typer.echo(f"chi_3 = {summary['chi_3']:.3f} over {summary['num_points']} points")
     _finish(out)
 
@@ -64,6 +72,7 @@ def linear(
     kernel: bool = typer.Option(True, help="Also run the kernel-machine (random ReLU features) check."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Results folder (default results/ribbon-linear)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Linear regression: closed-form vs trained InPCA spectra of an ensemble."""
     from trainmap.ribbon.experiments.linear_models import linear_ensemble
@@ -71,7 +80,7 @@ def linear(
     out = out or Path("results/ribbon-linear")
     summary = run_lens(lambda: linear_ensemble(out, decay=decay, scale=scale, steps=steps, kind=kind, dim=dim,
                                                runs=runs, records=records, lr_factor=lr_factor,
-                                               kernel=kernel, seed=seed))
+                                               kernel=kernel, seed=seed, mode=_mode(overwrite)))
     typer.echo(f"chi_3 = {summary['chi_3_numeric']:.3f}; analytic vs trained top-5 max rel diff = "
                f"{summary['max_rel_diff_top5']:.1e}")
     _finish(out)
@@ -90,6 +99,7 @@ def phase_diagram_cmd(
     threshold: float = typer.Option(0.9, help="χ_3 at or above which an ensemble counts as a hyper-ribbon."),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="Results folder (default results/ribbon-phase-diagram)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Phase diagram of the hyper-ribbon score over (decay, scale, steps) with derived boundaries."""
     from trainmap.ribbon.experiments.linear_models import phase_diagram_experiment
@@ -97,7 +107,7 @@ def phase_diagram_cmd(
     out = out or Path("results/ribbon-phase-diagram")
     summary = run_lens(lambda: phase_diagram_experiment(
         out, _floats(decays), _floats(scales), [int(v) for v in _floats(steps)], kind=kind, dim=dim,
-        runs=runs, records=records, threshold=threshold, seed=seed))
+        runs=runs, records=records, threshold=threshold, seed=seed, mode=_mode(overwrite)))
     typer.echo(f"numeric phase agrees with the derived boundaries in {summary['agreement_numeric_vs_boundaries']:.0%} "
                f"of {summary['cells']} cells (with the large-ensemble theory: {summary['agreement_numeric_vs_theory']:.0%})")
     _finish(out)
@@ -111,6 +121,7 @@ def deepnets(
     checkpoints: int = typer.Option(24, help="Log-spaced checkpoints per run (plus step 0)."),
     seeds: str = typer.Option("0,1", help="Comma-separated seeds."),
     quick: bool = typer.Option(False, help="A tiny grid for a smoke test (not the experiment)."),
+    overwrite: bool = typer.Option(False, help="Start over instead of resuming a folder of an earlier run."),
 ) -> None:
     """Train >=100 digits classifiers, embed all checkpoints jointly with P0 and P*, report chi_3."""
     from trainmap.ribbon.experiments.deepnets import DeepNetsConfig, run_experiment
@@ -120,6 +131,6 @@ def deepnets(
     if quick:
         cfg = DeepNetsConfig(architectures=("mlp32-relu", "cnn4-8"), optimizers=("sgd", "adam"), batch_sizes=(32,),
                              seeds=(0,), num_steps=min(steps, 60), checkpoints=min(checkpoints, 6), n_train=300)
-    summary = run_lens(lambda: run_experiment(out, cfg))
+    summary = run_lens(lambda: run_experiment(out, cfg, overwrite=overwrite))
     typer.echo(summary["verdict"])
     _finish(out)

@@ -19,7 +19,7 @@ def write_results(
     captions: Mapping[str, str] | None = None,
     *,
     kind: str = "koopman",
-    mode: str = "overwrite",
+    mode: str = "new",
 ) -> Path:
     """Write a Koopman results folder through :func:`trainmap.results.open_results` (the report is
     built from it by the CLI).
@@ -32,8 +32,8 @@ def write_results(
         figures: ``{"name.png": matplotlib Figure}``.
         captions: ``{"name.png": "what to look for"}`` (captions.json).
         kind: what the folder holds (a folder of another kind is refused).
-        mode: ``"overwrite"`` (default: replace an earlier run of the same kind), ``"new"`` or
-            ``"resume"``.
+        mode: ``"new"`` (default: a folder holding results is refused), ``"overwrite"`` (replace
+            what trainmap wrote there) or ``"resume"``.
 
     Returns:
         The folder path.

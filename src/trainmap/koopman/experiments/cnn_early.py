@@ -23,6 +23,7 @@ from trainmap.koopman.experiments._common import progress_iter, summarize_test
 from trainmap.koopman.experiments.training import accuracy, stack_inits, train_and_record
 from trainmap.models import lenet
 from trainmap.recipe import cross_entropy, epoch_batches
+from trainmap.results import check_folder
 
 
 def windows(num_points: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -60,12 +61,15 @@ def train_cnn(seeds: Sequence[int], steps: int, lr: float, momentum: float, batc
 def run(out: Any = None, seeds: Sequence[int] = tuple(range(6)), steps: int = 400, lr: float = 0.05,
         momentum: float = 0.9, batch_size: int = 64, window: int = 50, stride: int = 25, pca: int = 10,
         delays: int = 4, rank: int = 10, n_permutations: int = 9999, alpha: float = 0.05,
-        progress: bool = True) -> dict:
+        progress: bool = True, overwrite: bool = False) -> dict:
     """Train, window, fit spectra, and compare windows.
 
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
     """
+    mode = "overwrite" if overwrite else "new"
+    if out is not None:  # refuse a folder before the work, not after
+        check_folder(out, mode, kind="koopman-cnn-early")
     from trainmap.koopman.conjugacy import permutation_test
     from trainmap.koopman.distances import distance_matrix, wasserstein
     from trainmap.koopman.dmd import DMD
@@ -111,11 +115,11 @@ def run(out: Any = None, seeds: Sequence[int] = tuple(range(6)), steps: int = 40
                          window=window, stride=stride, pca=pca, delays=delays, rank=rank, model="lenet6-16-64-relu",
                          data="digits 8x8", n_permutations=n_permutations, alpha=alpha,
                          observables="all parameters -> PCA (fitted on all seeds and steps)"),
-               summary, wins, pooled, per_seed, dmat, consecutive, losses, accs)
+               summary, wins, pooled, per_seed, dmat, consecutive, losses, accs, mode=mode)
     return summary
 
 
-def _write(out, config, summary, wins, pooled, per_seed, dmat, consecutive, losses, accs) -> None:
+def _write(out, config, summary, wins, pooled, per_seed, dmat, consecutive, losses, accs, mode: str = "new") -> None:
     from trainmap.koopman import figures
     from trainmap.koopman.results import ragged, write_results
 
@@ -145,4 +149,4 @@ def _write(out, config, summary, wins, pooled, per_seed, dmat, consecutive, loss
     arrays = {"window_eigenvalues": ragged(pooled), "window_distances": dmat, "consecutive_W1": consecutive,
               "per_seed_window_eigenvalues": np.stack([ragged(p) for p in per_seed]),
               "losses": losses, "accuracies": accs}
-    write_results(out, config, summary, arrays, figs, captions)
+    write_results(out, config, summary, arrays, figs, captions, kind="koopman-cnn-early", mode=mode)

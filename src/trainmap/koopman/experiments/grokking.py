@@ -30,6 +30,7 @@ from trainmap.koopman.experiments._common import progress_iter, summarize_test
 from trainmap.koopman.experiments.training import accuracy, seeds_recipe, stack_inits, train_and_record
 from trainmap.models import transformer
 from trainmap.recipe import cross_entropy
+from trainmap.results import check_folder
 
 CONDITIONS = ("grokking", "non-grokking")
 
@@ -152,7 +153,7 @@ def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Seque
         steps: int = 100, pca: int = 10, delays: int = 32, rank: int = 10, d_model: int = 128,
         n_heads: int = 4, d_mlp: int = 512, long_p: int | None = 59, long_train_fraction: float | None = 0.6,
         long_steps: int = 3000, eval_every: int = 250, n_permutations: int = 9999, alpha: float = 0.05,
-        data_seed: int = 0, progress: bool = True) -> dict:
+        data_seed: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
     """Early-training spectra of both conditions, the permutation test, and the long runs.
 
     Args:
@@ -165,6 +166,9 @@ def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Seque
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
     """
+    mode = "overwrite" if overwrite else "new"
+    if out is not None:  # refuse a folder before the work, not after
+        check_folder(out, mode, kind="koopman-grokking")
     from trainmap.koopman.conjugacy import permutation_test
     from trainmap.koopman.distances import distance_matrix, wasserstein
     from trainmap.koopman.dmd import DMD
@@ -222,11 +226,11 @@ def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Seque
                          long_p=long_p, long_train_fraction=long_train_fraction, long_steps=long_steps,
                          eval_every=eval_every, n_permutations=n_permutations, alpha=alpha, data_seed=data_seed,
                          observables="MLP output weights -> PCA(10) fitted on all runs of both conditions"),
-               summary, spectra, pooled, dmat, labels, test, accs, longs)
+               summary, spectra, pooled, dmat, labels, test, accs, longs, mode=mode)
     return summary
 
 
-def _write(out, config, summary, spectra, pooled, dmat, labels, test, accs, longs) -> None:
+def _write(out, config, summary, spectra, pooled, dmat, labels, test, accs, longs, mode: str = "new") -> None:
     from trainmap.koopman import figures
     from trainmap.koopman.experiments._common import pairs_by_group
     from trainmap.koopman.results import ragged, write_results
@@ -272,4 +276,4 @@ def _write(out, config, summary, spectra, pooled, dmat, labels, test, accs, long
         figs["long_run_accuracy.png"] = fig
         captions["long_run_accuracy.png"] = ("Grokking: train accuracy saturates early and test accuracy passes "
                                              "95% much later; without grokking there is no such delay.")
-    write_results(out, config, summary, arrays, figs, captions)
+    write_results(out, config, summary, arrays, figs, captions, kind="koopman-grokking", mode=mode)

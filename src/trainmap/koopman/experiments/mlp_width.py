@@ -24,6 +24,7 @@ from trainmap.koopman.experiments._common import pairs_by_group, progress_iter, 
 from trainmap.koopman.experiments.training import accuracy, stack_inits, train_and_record
 from trainmap.models import mlp
 from trainmap.recipe import cross_entropy, epoch_batches
+from trainmap.results import check_folder
 
 
 def load_mnist_npz(path: str | Path) -> Dataset:
@@ -86,7 +87,7 @@ def train_width(data: Dataset, width: int, seeds: Sequence[int], steps: int, lr:
 def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[int] = tuple(range(10)),
         steps: int = 1000, lr: float = 0.1, batch_size: int = 60, embed_dim: int = 400, rank: int = 10,
         mnist: str | None = None, n_permutations: int = 9999, alpha: float = 0.05,
-        control_delays: int | None = 3, progress: bool = True) -> dict:
+        control_delays: int | None = 3, progress: bool = True, overwrite: bool = False) -> dict:
     """Train every width for every seed, fit one spectrum per run, test all width pairs.
 
     ``control_delays`` repeats the tests with the same number of delays for every width (the
@@ -96,6 +97,9 @@ def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[in
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
     """
+    mode = "overwrite" if overwrite else "new"
+    if out is not None:  # refuse a folder before the work, not after
+        check_folder(out, mode, kind="koopman-mlp-width")
     from trainmap.koopman.conjugacy import permutation_test
     from trainmap.koopman.distances import distance_matrix
     from trainmap.koopman.dmd import DMD
@@ -150,11 +154,11 @@ def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[in
                          embed_dim=embed_dim, rank=rank, mnist=mnist, n_permutations=n_permutations,
                          alpha=alpha, observables="output-layer weights, every step", bias=False,
                          activation="relu", optimizer="sgd"),
-               summary, spectra, pooled, dmat, labels, tests, losses)
+               summary, spectra, pooled, dmat, labels, tests, losses, mode=mode)
     return summary
 
 
-def _write(out, config, summary, spectra, pooled, dmat, labels, tests, losses) -> None:
+def _write(out, config, summary, spectra, pooled, dmat, labels, tests, losses, mode: str = "new") -> None:
     from trainmap.koopman import figures
     from trainmap.koopman.results import ragged, write_results
 
@@ -185,4 +189,4 @@ def _write(out, config, summary, spectra, pooled, dmat, labels, tests, losses) -
     arrays.update({f"pooled_eigenvalues_h{h}": pooled[h] for h in widths})
     arrays["distance_matrix"] = dmat
     arrays.update({f"losses_h{h}": losses[h] for h in widths})
-    write_results(out, config, summary, arrays, figs, captions)
+    write_results(out, config, summary, arrays, figs, captions, kind="koopman-mlp-width", mode=mode)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trainmap.results import check_folder
+
 LOWER, UPPER = 0.01, 1.0
 
 
@@ -115,7 +117,7 @@ def simulate(ics: dict[str, np.ndarray], eta: float = 1e-2, steps: int = 100) ->
 
 def run(out: Any = None, eta: float = 1e-2, steps: int = 100, grid: int = 5, delays: int = 4,
         rank: int = 10, replicates: int = 10, n_permutations: int = 9999, seed: int = 0,
-        alpha: float = 0.05, progress: bool = True) -> dict:
+        alpha: float = 0.05, progress: bool = True, overwrite: bool = False) -> dict:
     """The whole experiment; writes a results folder when ``out`` is given.
 
     Headline: W₁ between the spectra of the three methods fitted on the published grid, the
@@ -125,6 +127,9 @@ def run(out: Any = None, eta: float = 1e-2, steps: int = 100, grid: int = 5, del
     Returns:
         The summary dict.
     """
+    mode = "overwrite" if overwrite else "new"
+    if out is not None:  # refuse a folder before the work, not after
+        check_folder(out, mode, kind="koopman-omd-ogd")
     from trainmap.koopman.conjugacy import conjugacy_test, matched_swap_test
     from trainmap.koopman.distances import wasserstein
     from trainmap.koopman.dmd import DMD
@@ -207,11 +212,11 @@ def run(out: Any = None, eta: float = 1e-2, steps: int = 100, grid: int = 5, del
         _write(out, dict(eta=eta, steps=steps, grid=grid, delays=delays, rank=rank, replicates=replicates,
                          n_permutations=n_permutations, seed=seed, alpha=alpha,
                          loss="f(x) = sum_i tan(x_i) on [0.01, 1]^2", precision="float64"),
-               summary, trajs, eig, reps, tests, swap)
+               summary, trajs, eig, reps, tests, swap, mode=mode)
     return summary
 
 
-def _write(out, config, summary, trajs, eig, reps, tests, swap) -> None:
+def _write(out, config, summary, trajs, eig, reps, tests, swap, mode: str = "new") -> None:
     from trainmap.koopman import figures
     from trainmap.koopman.distances import distance_matrix
     from trainmap.koopman.results import ragged, write_results
@@ -242,4 +247,4 @@ def _write(out, config, summary, trajs, eig, reps, tests, swap) -> None:
     arrays.update({f"replicate_eigenvalues_{m}": ragged(reps[m]) for m in reps})
     arrays["replicate_distances"] = dmat
     arrays.update({f"trajectory_{m}": trajs[m] for m in trajs})
-    write_results(out, config, summary, arrays, figs, captions)
+    write_results(out, config, summary, arrays, figs, captions, kind="koopman-omd-ogd", mode=mode)

@@ -8,10 +8,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from trainmap.results import check_folder
+
 
 def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] = None,
                       pca: Optional[int] = None, projection: Optional[int] = None, delays: int = 0,
-                      rank: Optional[int] = None, seed: int = 0) -> dict[str, Any]:
+                      rank: Optional[int] = None, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """DMD spectrum of a recorded trajectory, pooled over its runs and per run; writes ``out``.
 
     Returns:
@@ -23,6 +25,8 @@ def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] 
     from trainmap.record.store import Trajectory
 
     traj = Path(traj)
+    mode = "overwrite" if overwrite else "new"
+    check_folder(out, mode, kind="koopman-spectrum")
     t = Trajectory.load(traj)
     cfg = ObservableConfig(list(layers) if layers else None, pca, projection, delays, rank, seed)
     per_run = t.shape[1] - delays - 1 >= (rank or 1)
@@ -38,7 +42,7 @@ def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] 
         arrays["per_run_eigenvalues"] = ragged(res.per_run)
     config = {"trajectory": str(traj), "layers": cfg.layers, "pca": pca, "projection": projection,
               "delays": delays, "rank": rank, "seed": seed}
-    write_results(out, config, summary, arrays, figs,
+    write_results(out, config, summary, arrays, figs, kind="koopman-spectrum", mode=mode, captions=
                   {"spectrum.png": "Eigenvalues near 1 are slow modes; outside the unit circle means growth."})
     return summary
 
@@ -46,7 +50,7 @@ def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] 
 def compare_stores(traj_a: Path, traj_b: Path, out: Path, *, layers: Optional[Sequence[str]] = None,
                    pca: Optional[int] = None, projection: Optional[int] = None, delays: int = 0,
                    rank: Optional[int] = None, n_permutations: int = 9999, alpha: float = 0.05,
-                   seed: int = 0) -> tuple[dict[str, Any], str]:
+                   seed: int = 0, overwrite: bool = False) -> tuple[dict[str, Any], str]:
     """W1 between the spectra of two trajectory stores and the permutation test over runs.
 
     Returns:
@@ -58,6 +62,8 @@ def compare_stores(traj_a: Path, traj_b: Path, out: Path, *, layers: Optional[Se
     from trainmap.record.store import Trajectory
 
     traj_a, traj_b = Path(traj_a), Path(traj_b)
+    mode = "overwrite" if overwrite else "new"
+    check_folder(out, mode, kind="koopman-compare")
     ta, tb = Trajectory.load(traj_a), Trajectory.load(traj_b)
     cfg = ObservableConfig(list(layers) if layers else None, pca, projection, delays, rank, seed)
     names = (traj_a.stem or "A", traj_b.stem or "B")
@@ -88,5 +94,5 @@ def compare_stores(traj_a: Path, traj_b: Path, out: Path, *, layers: Optional[Se
               "alpha": alpha, "seed": seed}
     arrays = {"eigenvalues_a": res.a.pooled, "eigenvalues_b": res.b.pooled, "distance_matrix": res.distances,
               "per_run_eigenvalues_a": ragged(res.a.per_run), "per_run_eigenvalues_b": ragged(res.b.per_run)}
-    write_results(out, config, summary, arrays, figs, captions)
+    write_results(out, config, summary, arrays, figs, captions, kind="koopman-compare", mode=mode)
     return summary, line

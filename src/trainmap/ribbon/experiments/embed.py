@@ -70,7 +70,7 @@ def stress_summary(model: Any) -> dict[str, Any]:
 
 def embed_stores(paths: Sequence[str | Path], out: str | Path, *, components: int = 10,
                  references: bool = True, block: int = 256, float64: bool = False,
-                 mode: str = "overwrite", progress: bool = True) -> dict[str, Any]:
+                 mode: str = "new", progress: bool = True) -> dict[str, Any]:
     """``trainmap ribbon embed``: one joint embedding of prediction-trajectory stores.
 
     Args:

@@ -14,7 +14,7 @@ from trainmap.results import open_results
 def linear_ensemble(out: str | Path, *, decay: float = 0.5, scale: float = 10.0, steps: int = 100,
                     kind: str = "exponential", dim: int = 200, runs: int = 16, records: int = 41,
                     lr_factor: float = 0.5, kernel: bool = True, seed: int = 0,
-                    mode: str = "overwrite") -> dict[str, Any]:
+                    mode: str = "new") -> dict[str, Any]:
     """Linear regression: the closed-form InPCA spectrum of an ensemble against trained runs.
 
     Returns:
@@ -106,7 +106,7 @@ def _kernel_check(decay: float, dim: int, steps: int, runs: int, records: int, s
 def phase_diagram_experiment(out: str | Path, decays: Sequence[float], scales: Sequence[float],
                              steps: Sequence[int], *, kind: str = "exponential", dim: int = 200,
                              runs: int = 16, records: int = 41, threshold: float = 0.9, seed: int = 0,
-                             mode: str = "overwrite", progress: bool = True) -> dict[str, Any]:
+                             mode: str = "new", progress: bool = True) -> dict[str, Any]:
     """χ_3 over (decay, scale, steps) against the derived boundaries.
 
     Returns:
