@@ -86,3 +86,15 @@ def test_options_the_method_ignores_are_refused(tmp_path):
         res = runner.invoke(app, [*SMALL[:-2], *args, "--out", str(out)])
         assert res.exit_code == 2 and flag in res.output, res.output
         assert not out.exists()  # refused before anything is written
+
+
+def test_bulk_tol_may_be_given_more_than_once(tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, [*SMALL, "--bulk-tol", "0.05", "--bulk-tol", "0.2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["thresholds"] == {"stable_below": 0.8, "chaotic_above": 1.2}  # regions: the largest
+    assert set(s["authors"]["bulk_counts"]) == {"0.2", "0.05"}
+    S = np.load(out / "singular_values.npy")
+    assert s["authors"]["bulk_counts"]["0.05"]["count"] == int(np.sum(np.abs(S - 1) <= 0.05))
+    assert "authors' statistics" in res.output

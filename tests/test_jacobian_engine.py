@@ -162,3 +162,22 @@ def test_two_host_devices_give_the_single_device_matrix(tmp_path):
         assert sharded_vs_single <= 1e-6, (name, out)
         assert vs_jacfwd <= 1e-5, (name, out)
     assert out["resume_bitwise"]
+
+
+def test_tanh_gelu_and_registered_activations_take_the_fast_mlp_path():
+    """flax's default GELU (tanh approximation) and a user-registered activation are recognised by
+    the hand-derived MLP rules, and give jacfwd's J."""
+    from trainmap.models import ACTIVATIONS, register_activation
+
+    if "softplus_test" not in ACTIVATIONS:
+        register_activation("softplus_test", jax.nn.softplus)
+    with pytest.raises(ValueError, match="already registered"):
+        register_activation("gelu", jax.nn.gelu)
+    for act in ("gelu_tanh", "softplus_test"):
+        recipe, theta0 = tiny_recipe(activation=act, epochs=1)
+        ref = _jacfwd64(recipe, theta0)
+        with jax.enable_x64(True):
+            plan = plan_engine(recipe, jnp.asarray(theta0, jnp.float64))
+        assert plan.rules == "mlp" and plan.mlp.activation == act
+        J = exact_jacobian(recipe, theta0, dtype=np.float64, chunk_size=8, progress=False)
+        np.testing.assert_allclose(J, ref, rtol=0, atol=1e-12 * np.abs(ref).max(), err_msg=act)

@@ -62,3 +62,20 @@ def test_svd_rejects_bad_matrices():
         svd(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="NaN"):
         svd(np.full((3, 3), np.nan))
+
+
+def test_authors_statistics_count_and_median_near_one():
+    """Bulk counts at several tolerances and the median |cos| over |σ−1| < 1e-3, by direct counting."""
+    from trainmap.jacobian.regions import authors_statistics
+
+    rng = np.random.default_rng(0)
+    S = np.concatenate([1 + rng.uniform(-2e-3, 2e-3, 500), rng.uniform(0, 3, 500)])
+    cos = rng.uniform(-1, 1, S.size)
+    a = authors_statistics(S, cos)
+    for tol in (0.1, 0.01, 0.001):
+        assert a["bulk_counts"][f"{tol:g}"]["count"] == int(np.sum(np.abs(S - 1) <= tol))
+    near = np.abs(S - 1) < 1e-3
+    assert a["near_one"]["count"] == near.sum()
+    assert a["near_one"]["median_abs_cos_uv"] == pytest.approx(np.median(np.abs(cos[near])))
+    with pytest.raises(ValueError, match="> 0"):
+        authors_statistics(S, cos, tolerances=[0.1, 0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -53,10 +54,12 @@ def jacobian(
     batch_size: int = typer.Option(64, help="Batch size."),
     lr: float = typer.Option(0.1, help="Peak learning rate (cosine-decayed to 0)."),
     optimizer: Optimizer = typer.Option(Optimizer.sgd, help="sgd (momentum 0.9) or adam."),
-    activation: str = typer.Option("gelu", help="gelu, relu or tanh."),
+    activation: str = typer.Option("gelu", help="gelu (exact erf), gelu_tanh (flax's default), relu or tanh."),
     seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
     dtype: DType = typer.Option(DType.float32, help="Precision of the Jacobian and its SVD."),
-    bulk_tol: float = typer.Option(0.1, help="Bulk is |σ−1| ≤ bulk_tol."),
+    bulk_tol: Optional[List[float]] = typer.Option(
+        None, help="Bulk tolerance; give it more than once for several. The regions use the largest; "
+                   "summary.json counts |σ−1| ≤ tol for each (default 0.1, 0.01, 0.001, as the paper)."),
     chunk_size: int = typer.Option(0, help="Tangents per chunk (0: automatic, see the engine docs)."),
     memory_gb: float = typer.Option(2.0, help="Memory budget (GiB) for the stored step linearisations "
                                     "plus one chunk."),
@@ -75,6 +78,11 @@ def jacobian(
                                       "max(30, 5·rank/probes) for lanczos)."),
 ) -> None:
     """Run the exact training-Jacobian analysis (no options: the reference experiment)."""
+    tols = sorted(set(bulk_tol), reverse=True) if bulk_tol else [0.1, 0.01, 0.001]
+    if min(tols) <= 0:
+        typer.secho(f"error: --bulk-tol must be > 0, got {min(tols)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    bulk_tol = tols[0]
     if ctx.invoked_subcommand is not None:
         from trainmap.commands.jacobian_experiments import JacobianSetup
 
@@ -101,7 +109,8 @@ def jacobian(
     summary = run_lens(lambda: analyze(
         setup.recipe, setup.theta0, out,
         eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
-        dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), chunk_size=chunk_size or None,
+        dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), bulk_tolerances=tols,
+        chunk_size=chunk_size or None,
         memory_budget_gb=memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
         primal=primal.value))
     _write_report(out)
@@ -176,6 +185,13 @@ def _print_summary(s: dict, out: Path) -> None:
         cos = c["median_abs_cos_uv"]
         typer.echo(f"  {r:8s} {c['count']:5d} ({100 * c['fraction']:5.1f}%)  median |cos(u,v)| = "
                    f"{cos if cos is None else round(cos, 4)}")
+    a = s.get("authors")
+    if a:
+        counts = ", ".join(f"|σ−1| ≤ {t}: {c['count']}" for t, c in a["bulk_counts"].items())
+        near = a["near_one"]
+        cos = near["median_abs_cos_uv"]
+        typer.echo(f"  authors' statistics: {counts}; median |cos(u,v)| over |σ−1| < {near['tol']:g} "
+                   f"({near['count']} values) = {cos if cos is None else round(cos, 4)}")
     for name, m in s["metrics"].items():
         typer.echo(f"  {name}: loss {m['before']['loss']:.3f} -> {m['after']['loss']:.3f}, "
                    f"accuracy {m['before']['accuracy']:.3f} -> {m['after']['accuracy']:.3f}")

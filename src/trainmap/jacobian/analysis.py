@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +27,7 @@ from trainmap._io import read_json
 from trainmap.jacobian import figures
 from trainmap.jacobian.exact import exact_jacobian
 from trainmap.jacobian.precision import check_dtype, precision_context
-from trainmap.jacobian.regions import JacobianSVD, Thresholds, project_change, region_summary, svd
+from trainmap.jacobian.regions import BULK_TOLERANCES, JacobianSVD, Thresholds, project_change, region_summary, svd
 from trainmap.recipe import Recipe, check_training, evaluate
 from trainmap.results import ResultsFolder, open_results, reopen
 
@@ -102,6 +102,7 @@ def analyze(
     eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
     dtype: Any = np.float32,
     thresholds: Thresholds = Thresholds(),
+    bulk_tolerances: Sequence[float] = BULK_TOLERANCES,
     chunk_size: int | None = None,
     memory_budget_gb: float = 2.0,
     resume: bool = False,
@@ -122,6 +123,7 @@ def analyze(
             and accuracy are reported before and after training (default: the recipe's data).
         dtype: float32 or float64 for the Jacobian and the SVD.
         thresholds: region boundaries on σ.
+        bulk_tolerances: tolerances of the authors' bulk counts #{|σ−1| ≤ tol} (``summary["authors"]``).
         chunk_size, memory_budget_gb: see :func:`~trainmap.jacobian.exact.exact_jacobian`.
         resume: continue an interrupted run in ``out_dir``.
         overwrite: remove what trainmap wrote at ``out_dir`` first (see :mod:`trainmap.results`).
@@ -160,7 +162,7 @@ def analyze(
     dec, proj, arrays, figs = decompose(J, th0_np, thT_np, thresholds, dt)
     t_svd = time.perf_counter()
 
-    summary = region_summary(dec)
+    summary = region_summary(dec, bulk_tolerances)
     summary["metrics"] = metrics
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
     summary["wall_time_s"] = {"train_check": t_train - t_start, "jacobian": t_jac - t_train,

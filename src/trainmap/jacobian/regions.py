@@ -14,7 +14,7 @@ reference run), so thresholds on |σ − 1| below ~1e-5 need ``float64``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -104,8 +104,38 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
     return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds)
 
 
-def region_summary(dec: JacobianSVD) -> dict[str, Any]:
-    """Counts, fractions, σ ranges and median |cos(u_i, v_i)| per region (JSON-able)."""
+#: the bulk tolerances at which Scherlis & Belrose (2024) count singular values near 1
+BULK_TOLERANCES = (0.1, 0.01, 0.001)
+#: their |σ − 1| cutoff for the median |cos(u_i, v_i)| of the bulk
+COS_TOL = 1e-3
+
+
+def authors_statistics(S: np.ndarray, cos_uv: np.ndarray | None,
+                       tolerances: Sequence[float] = BULK_TOLERANCES, cos_tol: float = COS_TOL) -> dict[str, Any]:
+    """The statistics Scherlis & Belrose quote: bulk counts #{|σ−1| ≤ tol} at several tolerances,
+    and the median |cos(u_i, v_i)| over |σ−1| < ``cos_tol`` (JSON-able).
+
+    Args:
+        S: (P,) singular values; cos_uv: (P,) cos(u_i, v_i) or None.
+        tolerances: bulk tolerances (each > 0).
+    """
+    tols = sorted({float(t) for t in tolerances}, reverse=True)
+    if not tols or min(tols) <= 0:
+        raise ValueError(f"bulk tolerances must be > 0, got {list(tolerances)}")
+    dist = np.abs(np.asarray(S, dtype=np.float64) - 1.0)
+    P = int(dist.size)
+    out: dict[str, Any] = {"bulk_counts": {f"{t:g}": {"count": int((dist <= t).sum()),
+                                                       "fraction": float((dist <= t).sum() / P)} for t in tols}}
+    near = dist < cos_tol
+    out["near_one"] = {"tol": cos_tol, "count": int(near.sum()),
+                       "median_abs_cos_uv": (float(np.median(np.abs(cos_uv[near])))
+                                             if cos_uv is not None and near.any() else None)}
+    return out
+
+
+def region_summary(dec: JacobianSVD, tolerances: Sequence[float] = BULK_TOLERANCES) -> dict[str, Any]:
+    """Counts, fractions, σ ranges and median |cos(u_i, v_i)| per region, and the authors'
+    statistics (:func:`authors_statistics`) under ``"authors"`` (JSON-able)."""
     P = dec.S.size
     out: dict[str, Any] = {"num_params": P, "sigma_max": float(dec.S[0]), "sigma_min": float(dec.S[-1]),
                            "thresholds": {"stable_below": dec.thresholds.low,
@@ -119,6 +149,7 @@ def region_summary(dec: JacobianSVD) -> dict[str, Any]:
             "sigma_range": [float(dec.S[m].min()), float(dec.S[m].max())] if n else None,
             "median_abs_cos_uv": float(np.median(np.abs(dec.cos_uv[m]))) if n else None,
         }
+    out["authors"] = authors_statistics(dec.S, dec.cos_uv, tolerances)
     return out
 
 

@@ -9,12 +9,38 @@ import jax.numpy as jnp
 
 Params = Any  # a pytree of arrays
 
+#: name -> elementwise activation. The exact engine's hand-derived MLP rules recognise an MLP with
+#: any activation registered here (:func:`register_activation`); they differentiate it with JAX.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     # exact (erf) GELU, as in PyTorch's nn.GELU default
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # tanh-approximate GELU: flax's nn.gelu default (and PyTorch's GELU(approximate="tanh"))
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
 }
+
+
+def register_activation(name: str, fn: Callable[[jax.Array], jax.Array]) -> None:
+    """Make an elementwise activation available to :func:`mlp` and to the exact engine's fast
+    MLP rules (which then recognise MLPs that use it).
+
+    Args:
+        name: a new name (registered names cannot be replaced).
+        fn: a JAX function applied elementwise, twice differentiable (the rules use σ' and σ'').
+
+    Raises:
+        ValueError: the name is taken, or ``fn`` is not elementwise on a test input.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"the activation name must be a non-empty string, got {name!r}")
+    if name in ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is already registered; choose another name")
+    probe = jnp.linspace(-3.0, 3.0, 7, dtype=jnp.float32)
+    out = jnp.asarray(fn(probe))
+    if out.shape != probe.shape or not bool(jnp.allclose(out[3], fn(probe[3:4])[0])):
+        raise ValueError(f"activation {name!r} must map an array to one of the same shape, elementwise")
+    ACTIVATIONS[name] = fn
 
 
 class Model(NamedTuple):
@@ -39,7 +65,9 @@ def mlp(sizes: Sequence[int], activation: str = "gelu", bias: bool = True) -> Mo
 
     Args:
         sizes: layer widths including input and output, e.g. ``(64, 64, 10)``.
-        activation: ``"gelu"`` (exact), ``"relu"`` or ``"tanh"``.
+        activation: a name of :data:`ACTIVATIONS`: ``"gelu"`` (exact erf), ``"gelu_tanh"``
+            (tanh approximation, flax's default), ``"relu"``, ``"tanh"``, or one registered with
+            :func:`register_activation`.
         bias: whether the layers have biases.
 
     Returns:
