@@ -105,3 +105,51 @@ def test_digits_read_from_the_bundled_file_equal_scikit_learns_loader():
     ref = sk_load_digits()
     np.testing.assert_array_equal(pixels, ref.data)
     np.testing.assert_array_equal(labels, ref.target)
+
+
+def test_init_step_pair_equals_train_and_run_many_equals_run(tiny):
+    """The public pure pair scanned by hand gives train's θ_T; run_many (vmap) gives run's points."""
+    recipe, theta0 = tiny
+    state = recipe.init(theta0)
+    for idx in recipe.batches:
+        state = recipe.step(state, jnp.asarray(idx))
+    np.testing.assert_allclose(np.asarray(state.theta), np.asarray(recipe.train(theta0)), rtol=1e-6, atol=1e-7)
+    rec = recipe.run(theta0, record_every=2)
+    _, obs = recipe.run_many(np.stack([theta0, theta0]), rec.steps, lambda s: s.theta)
+    assert obs.shape == (2, len(rec.steps), recipe.num_params)
+    np.testing.assert_allclose(obs[1], np.asarray(rec.params), rtol=1e-5, atol=1e-6)
+
+
+def test_fingerprint_tells_optimizers_apart_and_is_stable(tiny):
+    recipe, theta0 = tiny
+    other = Recipe(recipe.apply, recipe.loss, optax.sgd(0.5), recipe.x, recipe.y, recipe.batches,
+                   recipe.unravel, recipe.num_params, recipe.config)
+    again = Recipe(recipe.apply, recipe.loss, recipe.optimizer, recipe.x, recipe.y, recipe.batches,
+                   recipe.unravel, recipe.num_params, recipe.config)
+    assert recipe.fingerprint() == again.fingerprint() != other.fingerprint()
+    assert recipe.with_data(batches=recipe.batches[::-1]).fingerprint() != recipe.fingerprint()
+
+
+def test_project_map_is_applied_and_differentiated(tiny):
+    """A norm constraint reading θ₀ (the non-grokking condition): training keeps ‖θ‖, and the exact
+    engine differentiates it (per-chunk primal) to jacfwd's J."""
+    from trainmap.jacobian import exact_jacobian
+    from trainmap.jacobian.exact import plan_engine
+
+    recipe, theta0 = tiny
+
+    def constrain(params, params0):
+        norm = lambda t: jnp.sqrt(sum(jnp.sum(a ** 2) for a in jax.tree_util.tree_leaves(t)))  # noqa: E731
+        return jax.tree_util.tree_map(lambda a: a * norm(params0) / norm(params), params)
+
+    proj = Recipe(recipe.apply, recipe.loss, recipe.optimizer, recipe.x, recipe.y, recipe.batches,
+                  recipe.unravel, recipe.num_params, recipe.config, project=constrain)
+    thT = np.asarray(proj.train(theta0))
+    assert np.linalg.norm(thT) == pytest.approx(np.linalg.norm(np.asarray(theta0)), rel=1e-5)
+    assert plan_engine(proj, jnp.asarray(theta0)).primal == "per_chunk"
+    with pytest.raises(ValueError, match="per_chunk"):
+        plan_engine(proj, jnp.asarray(theta0), primal="shared")
+    with jax.enable_x64(True):
+        ref = np.asarray(jax.jacfwd(proj.train)(jnp.asarray(theta0, jnp.float64)))
+    J = exact_jacobian(proj, theta0, dtype=np.float64, chunk_size=8, progress=False)
+    np.testing.assert_allclose(J, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
