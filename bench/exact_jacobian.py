@@ -101,9 +101,9 @@ def child_peak(out: Path) -> None:
 
 
 def _setup(hidden: int, epochs: int):
-    from trainmap.presets import digits_mlp
+    from trainmap.presets import TORCH_DEFAULTS, digits_mlp  # the setup the recorded numbers were measured on
 
-    return digits_mlp(hidden=hidden, epochs=epochs)
+    return digits_mlp(hidden=hidden, epochs=epochs, **TORCH_DEFAULTS)
 
 
 def child_run(which: str, hidden: int, epochs: int, out: Path, sv_path: Path, engine_kw: dict) -> None:

@@ -44,14 +44,14 @@ def main() -> None:
 
     from trainmap._io import atomic_write_json, read_json
     from trainmap.jacobian.matrix_free.pipeline import analyze_scale, peak_memory_mb
-    from trainmap.presets import digits_mlp
+    from trainmap.presets import TORCH_DEFAULTS, digits_mlp  # the setup the recorded numbers were measured on
 
     out = Path(args.out)
     runs_path = out.parent / (out.name + ".runs.json")
     runs = read_json(runs_path) if runs_path.exists() else []
     resume = (out / "checkpoint" / "progress.json").exists()
 
-    setup = digits_mlp(hidden=(1000, 1000), epochs=2, batch_size=32, lr=0.1, seed=0)
+    setup = digits_mlp(hidden=(1000, 1000), epochs=2, batch_size=32, lr=0.1, seed=0, **TORCH_DEFAULTS)
     r, d = setup.recipe, setup.data
     P = r.num_params
     try:

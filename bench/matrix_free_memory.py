@@ -37,10 +37,10 @@ HERE = Path(__file__).resolve().parent
 CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp, numpy as np
-from trainmap.presets import digits_mlp
+from trainmap.presets import TORCH_DEFAULTS, digits_mlp  # the setup the recorded numbers were measured on
 from trainmap.recipe import default_segment
 hidden, epochs, k, variant = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-s = digits_mlp(hidden=hidden, epochs=epochs)
+s = digits_mlp(hidden=hidden, epochs=epochs, **TORCH_DEFAULTS)
 r = s.recipe
 f = jax.jit(lambda t, w: r.vjp(t, w, 0 if variant == "plain" else None))
 W = jnp.asarray(np.random.default_rng(0).normal(size=(k, r.num_params)).astype(np.float32))

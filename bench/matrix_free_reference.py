@@ -44,7 +44,7 @@ def main() -> None:
 
     from trainmap._io import atomic_write_json, load_npy, read_json
     from trainmap.jacobian.matrix_free.pipeline import analyze_scale
-    from trainmap.presets import digits_mlp
+    from trainmap.presets import TORCH_DEFAULTS, digits_mlp  # the setup the recorded numbers were measured on
 
     exact = Path(args.exact)
     if not (exact / "singular_values.npy").exists():
@@ -56,7 +56,7 @@ def main() -> None:
     exact_counts = {"chaotic": int((S > high).sum()), "bulk": int(((S >= low) & (S <= high)).sum()),
                     "stable": int((S < low).sum())}
 
-    setup = digits_mlp()
+    setup = digits_mlp(**TORCH_DEFAULTS)
     d = setup.data
     t0 = time.perf_counter()
     s = analyze_scale(setup.recipe, setup.theta0, args.out, method="lanczos", rank=args.rank,

@@ -79,3 +79,26 @@ def test_authors_statistics_count_and_median_near_one():
     assert a["near_one"]["median_abs_cos_uv"] == pytest.approx(np.median(np.abs(cos[near])))
     with pytest.raises(ValueError, match="> 0"):
         authors_statistics(S, cos, tolerances=[0.1, 0])
+
+
+def test_svd_falls_back_to_float64_gesdd_when_float32_gesdd_does_not_converge(monkeypatch):
+    """A float32 gesdd failure is retried in float64 (fast and as accurate), not with gesvd."""
+    import scipy.linalg
+
+    from trainmap.jacobian import regions
+
+    real = scipy.linalg.svd
+    calls = []
+
+    def flaky(a, lapack_driver="gesdd", **kw):
+        calls.append((a.dtype, lapack_driver))
+        if a.dtype == np.float32 and lapack_driver == "gesdd":
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return real(a, lapack_driver=lapack_driver, **kw)
+
+    monkeypatch.setattr(regions.scipy.linalg, "svd", flaky)
+    J = np.random.default_rng(0).normal(size=(20, 20)).astype(np.float32)
+    dec = regions.svd(J)
+    assert calls == [(np.float32, "gesdd"), (np.float64, "gesdd")]
+    assert dec.S.dtype == np.float32 and dec.U.dtype == np.float32
+    np.testing.assert_allclose(dec.S, np.linalg.svd(J.astype(np.float64), compute_uv=False), rtol=1e-5)

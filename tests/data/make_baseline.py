@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from trainmap.jacobian import exact_jacobian
-from trainmap.presets import digits_mlp
+from trainmap.presets import TORCH_DEFAULTS, digits_mlp
 
 #: route name -> keyword arguments of exact_jacobian
 ROUTES = {
@@ -23,8 +23,9 @@ ROUTES = {
     "float64": {"dtype": np.float64},
 }
 
-#: a small version of the reference experiment: MLP 64→8→10 (610 parameters), 2 epochs (50 steps)
-SETUP = dict(hidden=8, epochs=2)
+#: a small version of the earlier reference setup (torch init, permuted split, shuffled order, erf
+#: GELU): MLP 64→8→10 (610 parameters), 2 epochs (50 steps)
+SETUP = dict(hidden=8, epochs=2, **TORCH_DEFAULTS)
 
 
 def singular_values(route: str) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -21,6 +21,22 @@ def _optimizer_enum() -> type[Enum]:
 
 #: the --optimizer choices, generated from the registry in trainmap.optimizers
 Optimizer = _optimizer_enum()
+
+
+class Gelu(str, Enum):
+    tanh = "tanh"
+    erf = "erf"
+
+
+class Init(str, Enum):
+    authors = "authors"
+    flax = "flax"
+    torch = "torch"
+
+
+class Split(str, Enum):
+    sklearn = "sklearn"
+    permutation = "permutation"
 
 
 class DType(str, Enum):
@@ -52,10 +68,23 @@ def jacobian(
     hidden: int = typer.Option(64, help="Hidden width of the MLP 64→hidden→10."),
     epochs: int = typer.Option(25, help="Training epochs over the 1,600 training digits."),
     batch_size: int = typer.Option(64, help="Batch size."),
-    lr: float = typer.Option(0.1, help="Peak learning rate (cosine-decayed to 0)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate, cosine-decayed to 0 (default: 0.1 for "
+                                       "sgd, 3e-3 for adam, as the authors)."),
     optimizer: Optimizer = typer.Option(Optimizer.sgd, help="sgd (momentum 0.9) or adam."),
-    activation: str = typer.Option("gelu", help="gelu (exact erf), gelu_tanh (flax's default), relu or tanh."),
-    seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
+    activation: str = typer.Option("gelu", help="gelu (see --gelu), relu, tanh, or a registered activation."),
+    gelu: Gelu = typer.Option(Gelu.tanh, help="The GELU of --activation gelu: tanh approximation (flax's "
+                              "nn.gelu, the authors' code) or exact erf (PyTorch's default)."),
+    init: Init = typer.Option(Init.authors, help="authors: LeCun-normal weights, N(0, 1/64) biases (their "
+                              "code); flax: nn.Dense defaults (zero biases); torch: nn.Linear's uniform."),
+    split: Split = typer.Option(Split.sklearn, help="sklearn: train_test_split(test_size=197, random_state=0) "
+                                "(their code); permutation: trainmap's earlier seeded permutation."),
+    shuffle: bool = typer.Option(False, "--shuffle/--no-shuffle", help="A new batch order every epoch "
+                                 "(default: the same order every epoch, as the authors)."),
+    seed: int = typer.Option(0, help="Seed of the initialisation."),
+    data_seed: Optional[int] = typer.Option(None, help="Seed of the per-epoch batch order with --shuffle "
+                                            "(default: --seed)."),
+    eps_root: Optional[float] = typer.Option(None, help="Adam's eps_root (default 1e-8); > 0 keeps J finite "
+                                             "where a gradient is exactly 0."),
     dtype: DType = typer.Option(DType.float32, help="Precision of the Jacobian and its SVD."),
     bulk_tol: Optional[List[float]] = typer.Option(
         None, help="Bulk tolerance; give it more than once for several. The regions use the largest; "
@@ -83,28 +112,31 @@ def jacobian(
         typer.secho(f"error: --bulk-tol must be > 0, got {min(tols)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     bulk_tol = tols[0]
+    if data_seed is not None and not shuffle:
+        typer.secho("error: --data-seed sets the batch order of --shuffle; add --shuffle or drop it",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    recipe_kwargs = dict(hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
+                         activation="gelu_tanh" if activation == "gelu" and gelu is Gelu.tanh else activation,
+                         init=init.value, split=split.value, shuffle=shuffle, seed=seed, data_seed=data_seed,
+                         eps_root=eps_root)
     if ctx.invoked_subcommand is not None:
         from trainmap.commands.jacobian_experiments import JacobianSetup
 
-        ctx.obj = JacobianSetup(
-            dict(hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
-                 activation=activation, seed=seed),
-            dtype=dtype.value, bulk_tol=bulk_tol, out=out, chunk_size=chunk_size or None,
-            memory_gb=memory_gb)
+        ctx.obj = JacobianSetup(recipe_kwargs, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
+                                chunk_size=chunk_size or None, memory_gb=memory_gb)
         return
     _refuse_ignored(ctx, method)
+    from trainmap.presets import digits_mlp
+
+    setup = run_lens(lambda: digits_mlp(**recipe_kwargs))
     if method is not Method.exact:
-        _run_matrix_free(method.value, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                         optimizer=optimizer.value, activation=activation, seed=seed,
-                         dtype=dtype.value, bulk_tol=bulk_tol, out=out, resume=resume,
-                         overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps)
+        _run_matrix_free(method.value, setup, seed=seed, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
+                         resume=resume, overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps)
         return
     from trainmap.jacobian.analysis import analyze
     from trainmap.jacobian.regions import Thresholds
-    from trainmap.presets import digits_mlp
 
-    setup = run_lens(lambda: digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer.value,
-                                        lr=lr, epochs=epochs, batch_size=batch_size, seed=seed))
     d = setup.data
     summary = run_lens(lambda: analyze(
         setup.recipe, setup.theta0, out,
@@ -135,17 +167,13 @@ def _refuse_ignored(ctx: typer.Context, method: "Method") -> None:
         raise typer.Exit(2)
 
 
-def _run_matrix_free(method: str, *, hidden: int, epochs: int, batch_size: int, lr: float,
-                     optimizer: str, activation: str, seed: int, dtype: str, bulk_tol: float,
+def _run_matrix_free(method: str, setup: Any, *, seed: int, dtype: str, bulk_tol: float,
                      out: Path, resume: bool, overwrite: bool, rank: int, probes: int,
                      steps: int) -> None:
     """``--method lanczos|slq``: the matrix-free estimates (see trainmap.jacobian.matrix_free.pipeline)."""
     from trainmap.jacobian.matrix_free.pipeline import analyze_scale
     from trainmap.jacobian.regions import Thresholds
-    from trainmap.presets import digits_mlp
 
-    setup = run_lens(lambda: digits_mlp(hidden=hidden, activation=activation, optimizer=optimizer, lr=lr,
-                                        epochs=epochs, batch_size=batch_size, seed=seed))
     d = setup.data
     s = run_lens(lambda: analyze_scale(
         setup.recipe, setup.theta0, out, method=method, rank=rank, probes=probes, steps=steps or None,

@@ -57,28 +57,45 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.int64)
 
 
-def load_digits(test_size: int = 197, split_seed: int = 0, image_shape: bool = False) -> Dataset:
-    """Load the UCI digits, pixel values scaled to [0, 1].
+SPLITS = ("permutation", "sklearn")
 
-    The 1,797 samples are permuted with ``split_seed`` and the last ``test_size`` are the test set,
-    so the default gives 1,600 training and 197 test digits (the reference experiment).
+
+def load_digits(test_size: int = 197, split_seed: int = 0, image_shape: bool = False,
+                split: str = "permutation") -> Dataset:
+    """Load the UCI digits, pixel values scaled to [0, 1] (divided by 16).
 
     Args:
-        test_size: number of held-out samples.
-        split_seed: seed of the permutation that defines the split.
+        test_size: number of held-out samples (default: 1,600 training and 197 test digits).
+        split_seed: seed of the split.
         image_shape: if True, inputs have shape (N, 8, 8, 1) (for CNNs) instead of (N, 64).
+        split: ``"permutation"``: a ``numpy.random.default_rng(split_seed)`` permutation, the last
+            ``test_size`` held out, training samples in permuted order. ``"sklearn"``: exactly
+            ``sklearn.model_selection.train_test_split(X, y, test_size=test_size,
+            random_state=split_seed)``, the split of Scherlis & Belrose's code (a
+            ``RandomState(split_seed)`` permutation: the first ``test_size`` samples are the test
+            set, the next ones the training set, in that order), computed without importing
+            scikit-learn.
 
     Returns:
         A :class:`Dataset`.
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     pixels, labels = digits_arrays()
     x = (pixels / 16.0).astype(np.float32)
     y = labels.astype(np.int32)
     if not 0 < test_size < len(x):
         raise ValueError(f"test_size must be in (0, {len(x)}), got {test_size}")
-    perm = np.random.default_rng(split_seed).permutation(len(x))
-    x, y = x[perm], y[perm]
-    if image_shape:
-        x = x.reshape(-1, 8, 8, 1)
+    if int(split_seed) < 0:
+        raise ValueError(f"split_seed must be >= 0, got {split_seed}")
     n_train = len(x) - test_size
-    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
+    if split == "sklearn":
+        perm = np.random.RandomState(split_seed).permutation(len(x))
+        test, train = perm[:test_size], perm[test_size:]
+    else:
+        perm = np.random.default_rng(split_seed).permutation(len(x))
+        train, test = perm[:n_train], perm[n_train:]
+    x_tr, x_te = x[train], x[test]
+    if image_shape:
+        x_tr, x_te = x_tr.reshape(-1, 8, 8, 1), x_te.reshape(-1, 8, 8, 1)
+    return Dataset(x_tr, y[train], x_te, y[test], 10)

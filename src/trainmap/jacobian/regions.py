@@ -95,11 +95,18 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
         raise ValueError(f"J must be square (P, P), got {J.shape}")
     if not np.all(np.isfinite(J)):
         raise ValueError("J contains NaN/inf; recompute it (the training run may have diverged)")
-    A = J.astype(dtype or J.dtype, copy=False)
+    dt = np.dtype(dtype or J.dtype)
+    A = J.astype(dt, copy=False)
     try:
         U, S, Vt = scipy.linalg.svd(A, lapack_driver="gesdd", check_finite=False)
-    except np.linalg.LinAlgError:  # gesdd can fail to converge; gesvd is slower but robust
-        U, S, Vt = scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
+    except np.linalg.LinAlgError:
+        # gesdd can fail to converge in float32 (it does on the published setup's J); gesdd in
+        # float64 is as accurate and ~15x faster here than the gesvd fallback (24 s vs ~6 min)
+        try:
+            U, S, Vt = (a.astype(dt) for a in scipy.linalg.svd(A.astype(np.float64), lapack_driver="gesdd",
+                                                               check_finite=False))
+        except np.linalg.LinAlgError:  # gesvd is slower but robust
+            U, S, Vt = scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
     cos_uv = np.einsum("ij,ji->i", Vt, U)
     return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds)
 

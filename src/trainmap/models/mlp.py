@@ -57,11 +57,21 @@ class Model(NamedTuple):
     name: str
 
 
-def mlp(sizes: Sequence[int], activation: str = "gelu", bias: bool = True) -> Model:
+INITS = ("torch", "flax", "authors")
+
+
+def mlp(sizes: Sequence[int], activation: str = "gelu", bias: bool = True, init: str = "torch") -> Model:
     """A fully connected network ``sizes[0] -> sizes[1] -> ... -> sizes[-1]``.
 
-    Weights and biases are initialised as PyTorch's ``nn.Linear`` does:
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The last layer has no activation (it returns logits).
+    The last layer has no activation (it returns logits). Initialisations (``init``), each layer
+    drawing from ``jax.random.split(key, 3)`` in turn:
+
+    * ``"torch"``: PyTorch's ``nn.Linear``: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    * ``"flax"``: flax ``nn.Dense`` defaults: LeCun-normal weights (truncated normal, variance
+      1/fan_in), zero biases.
+    * ``"authors"``: the public code of Scherlis & Belrose (2024): LeCun-normal weights, biases
+      N(0, 1/h) where h is the width of the hidden layer (the last hidden width for the output
+      layer: their ``bias_init`` carries over from the loop).
 
     Args:
         sizes: layer widths including input and output, e.g. ``(64, 64, 10)``.
@@ -69,6 +79,7 @@ def mlp(sizes: Sequence[int], activation: str = "gelu", bias: bool = True) -> Mo
             (tanh approximation, flax's default), ``"relu"``, ``"tanh"``, or one registered with
             :func:`register_activation`.
         bias: whether the layers have biases.
+        init: ``"torch"``, ``"flax"`` or ``"authors"`` (above).
 
     Returns:
         A :class:`Model`; params are a list of ``{"w": (fan_in, fan_out), "b": (fan_out,)}`` dicts.
@@ -79,15 +90,27 @@ def mlp(sizes: Sequence[int], activation: str = "gelu", bias: bool = True) -> Mo
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     act = ACTIVATIONS[activation]
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+    scheme = init
+    lecun = jax.nn.initializers.lecun_normal()
 
-    def init(key: jax.Array) -> Params:
+    def init_fn(key: jax.Array) -> Params:
         params = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        n = len(sizes) - 1
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             key, kw, kb = jax.random.split(key, 3)
-            bound = 1.0 / jnp.sqrt(fan_in)
-            layer = {"w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound)}
+            if scheme == "torch":
+                bound = 1.0 / jnp.sqrt(fan_in)
+                layer = {"w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound)}
+                b = jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
+            else:
+                layer = {"w": lecun(kw, (fan_in, fan_out), jnp.float32)}
+                width = fan_out if i < n - 1 else (fan_in if n > 1 else fan_out)
+                b = (jnp.zeros((fan_out,), jnp.float32) if scheme == "flax"
+                     else jax.random.normal(kb, (fan_out,), jnp.float32) * width ** -0.5)
             if bias:
-                layer["b"] = jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
+                layer["b"] = b
             params.append(layer)
         return params
 
@@ -101,5 +124,6 @@ def mlp(sizes: Sequence[int], activation: str = "gelu", bias: bool = True) -> Mo
                 h = act(h)
         return h
 
-    name = f"mlp{'-'.join(map(str, sizes))}-{activation}{'' if bias else '-nobias'}"
-    return Model(init, apply, name)
+    name = (f"mlp{'-'.join(map(str, sizes))}-{activation}{'' if bias else '-nobias'}"
+            f"{'' if scheme == 'torch' else '-' + scheme + 'init'}")
+    return Model(init_fn, apply, name)
