@@ -98,3 +98,22 @@ def test_bulk_tol_may_be_given_more_than_once(tmp_path):
     S = np.load(out / "singular_values.npy")
     assert s["authors"]["bulk_counts"]["0.05"]["count"] == int(np.sum(np.abs(S - 1) <= 0.05))
     assert "authors' statistics" in res.output
+
+
+def test_cli_choices_equal_their_sources_and_start_up_imports_no_jax():
+    """The choice lists are written in the CLI (their sources import JAX); they must not drift."""
+    import subprocess
+    import sys
+
+    from trainmap.commands import jacobian as cmd
+    from trainmap.data.digits import SPLITS
+    from trainmap.jacobian.exact.plan import MODES, PRIMALS
+    from trainmap.models.mlp import INITS
+    from trainmap.optimizers import OPTIMIZERS
+
+    for enum, source in ((cmd.Optimizer, OPTIMIZERS), (cmd.Init, INITS), (cmd.Split, SPLITS),
+                         (cmd.Mode, MODES), (cmd.Primal, PRIMALS)):
+        assert {e.value for e in enum} == set(source), enum
+    run = subprocess.run([sys.executable, "-c", "import sys, trainmap.cli; print('jax' in sys.modules)"],
+                         capture_output=True, text=True)
+    assert run.stdout.strip() == "False", run.stderr

@@ -1,23 +1,29 @@
 """The optimizer registry: every named optimizer the package builds, in one place.
 
 ``make_optimizer(name, lr, ...)`` returns an optax ``GradientTransformation``; the CLI's
-``--optimizer`` choices are :data:`OPTIMIZERS`'s keys.
+``--optimizer`` choices are :data:`OPTIMIZERS`'s keys. optax is imported by the builders, so that
+reading the registry (the CLI does, at start-up) does not import JAX.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import optax
+if TYPE_CHECKING:
+    import optax
 
 SCHEDULES = ("cosine", "constant")
 
 
 def _sgd(rate: Any, momentum: float, eps_root: float) -> optax.GradientTransformation:
+    import optax
+
     return optax.sgd(rate, momentum=momentum if momentum else None)
 
 
 def _adam(rate: Any, momentum: float, eps_root: float) -> optax.GradientTransformation:
+    import optax
+
     return optax.adam(rate, eps_root=eps_root)
 
 
@@ -44,6 +50,8 @@ def make_optimizer(
         eps_root: Adam's ``eps_root``; > 0 keeps sqrt(v) differentiable where a gradient is
             exactly zero (dead pixels of the digits), so the training Jacobian stays finite.
     """
+    import optax
+
     if schedule == "cosine":
         rate: Any = optax.cosine_decay_schedule(lr, num_steps)
     elif schedule == "constant":

@@ -192,6 +192,13 @@ class ResultsFolder:
 
 
 # ----------------------------------------------------------------------------- open
+def mode_of(resume: bool = False, overwrite: bool = False) -> str:
+    """The ``mode`` of :func:`open_results` for a command's ``--resume`` / ``--overwrite`` flags."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: pass one of them")
+    return "resume" if resume else "overwrite" if overwrite else "new"
+
+
 def _read_manifest(out: Path) -> dict | None:
     p = out / MANIFEST
     if not p.exists():

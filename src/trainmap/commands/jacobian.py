@@ -9,57 +9,30 @@ from typing import Any, List, Optional
 import typer
 
 from trainmap.commands._common import run_lens
+from trainmap.optimizers import OPTIMIZERS
 
 app = typer.Typer(help="Training-Jacobian lens: J = dθ_T/dθ₀, its SVD and chaotic/bulk/stable regions.")
 
 
-def _optimizer_enum() -> type[Enum]:
-    from trainmap.optimizers import OPTIMIZERS
-
-    return Enum("Optimizer", {name: name for name in OPTIMIZERS}, type=str)
-
-
-#: the --optimizer choices, generated from the registry in trainmap.optimizers
-Optimizer = _optimizer_enum()
+def _choices(name: str, values: Any) -> type[Enum]:
+    """A str Enum of option choices (typer shows them as ``<a|b|c>``)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Gelu(str, Enum):
-    tanh = "tanh"
-    erf = "erf"
-
-
-class Init(str, Enum):
-    authors = "authors"
-    flax = "flax"
-    torch = "torch"
-
-
-class Split(str, Enum):
-    sklearn = "sklearn"
-    permutation = "permutation"
-
-
-class DType(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class Mode(str, Enum):
-    auto = "auto"
-    forward = "forward"
-    reverse = "reverse"
-
-
-class Primal(str, Enum):
-    auto = "auto"
-    shared = "shared"
-    per_chunk = "per_chunk"
-
-
-class Method(str, Enum):
-    exact = "exact"
-    lanczos = "lanczos"
-    slq = "slq"
+# Choice lists. Their sources of truth import JAX, which ``trainmap --help`` should not pay for;
+# tests/test_cli_jacobian.py checks that each list equals its source.
+#: trainmap.optimizers.OPTIMIZERS, read directly (that module imports no JAX)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Gelu = _choices("Gelu", ("tanh", "erf"))
+#: trainmap.models.mlp.INITS
+Init = _choices("Init", ("authors", "flax", "torch"))
+#: trainmap.data.digits.SPLITS
+Split = _choices("Split", ("sklearn", "permutation"))
+DType = _choices("DType", ("float32", "float64"))
+#: trainmap.jacobian.exact.plan.MODES / PRIMALS
+Mode = _choices("Mode", ("auto", "forward", "reverse"))
+Primal = _choices("Primal", ("auto", "shared", "per_chunk"))
+Method = _choices("Method", ("exact", "lanczos", "slq"))
 
 
 @app.callback(invoke_without_command=True)

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from trainmap.commands._common import run_lens
+from trainmap.results import mode_of
 
 app = typer.Typer(help="Hyper-ribbon lens: InPCA of prediction trajectories and linear-model theory.",
                   no_args_is_help=True)
@@ -25,10 +26,6 @@ def _finish(out: Path) -> None:
 
 
 OVERWRITE_HELP = "Replace what trainmap wrote in --out before (a folder holding results is refused otherwise)."
-
-
-def _mode(overwrite: bool) -> str:
-    return "overwrite" if overwrite else "new"
 
 
 def _floats(text: str) -> list[float]:
@@ -53,7 +50,7 @@ def embed(
     from trainmap.ribbon.experiments.embed import embed_stores
 
     summary = run_lens(lambda: embed_stores(paths, out, components=components, references=references,
-                                            block=block, float64=float64, mode=_mode(overwrite)))
+                                            block=block, float64=float64, mode=mode_of(overwrite=overwrite)))
     typer.echo(f"chi_3 = {summary['chi_3']:.3f} over {summary['num_points']} points")
     _finish(out)
 
@@ -80,7 +77,7 @@ def linear(
     out = out or Path("results/ribbon-linear")
     summary = run_lens(lambda: linear_ensemble(out, decay=decay, scale=scale, steps=steps, kind=kind, dim=dim,
                                                runs=runs, records=records, lr_factor=lr_factor,
-                                               kernel=kernel, seed=seed, mode=_mode(overwrite)))
+                                               kernel=kernel, seed=seed, mode=mode_of(overwrite=overwrite)))
     typer.echo(f"chi_3 = {summary['chi_3_numeric']:.3f}; analytic vs trained top-5 max rel diff = "
                f"{summary['max_rel_diff_top5']:.1e}")
     _finish(out)
@@ -107,7 +104,7 @@ def phase_diagram_cmd(
     out = out or Path("results/ribbon-phase-diagram")
     summary = run_lens(lambda: phase_diagram_experiment(
         out, _floats(decays), _floats(scales), [int(v) for v in _floats(steps)], kind=kind, dim=dim,
-        runs=runs, records=records, threshold=threshold, seed=seed, mode=_mode(overwrite)))
+        runs=runs, records=records, threshold=threshold, seed=seed, mode=mode_of(overwrite=overwrite)))
     typer.echo(f"numeric phase agrees with the derived boundaries in {summary['agreement_numeric_vs_boundaries']:.0%} "
                f"of {summary['cells']} cells (with the large-ensemble theory: {summary['agreement_numeric_vs_theory']:.0%})")
     _finish(out)

@@ -29,7 +29,7 @@ from trainmap.jacobian.exact import exact_jacobian
 from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.jacobian.regions import BULK_TOLERANCES, JacobianSVD, Thresholds, project_change, region_summary, svd
 from trainmap.recipe import Recipe, check_training, evaluate
-from trainmap.results import ResultsFolder, open_results, reopen
+from trainmap.results import ResultsFolder, mode_of, open_results, reopen
 
 CAPTIONS = {
     "spectrum.png": "Singular values of J, descending, log scale; shaded: chaotic (σ > 1.1), bulk "
@@ -145,7 +145,7 @@ def analyze(
            "num_steps": recipe.num_steps,
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high},
            "recipe_fingerprint": recipe.fingerprint()}
-    folder = open_results(out_dir, _mode(resume, overwrite), kind="jacobian", config=cfg)
+    folder = open_results(out_dir, mode_of(resume, overwrite), kind="jacobian", config=cfg)
     th0_np, thT_np, metrics = train_and_record(recipe, theta0, folder, dt, eval_sets)
     t_train = time.perf_counter()
 
@@ -183,13 +183,6 @@ def check_engine_options(chunk_size: int | None, memory_budget_gb: float, mode: 
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if primal not in PRIMALS:
         raise ValueError(f"primal must be one of {PRIMALS}, got {primal!r}")
-
-
-def _mode(resume: bool, overwrite: bool) -> str:
-    """The results-folder mode of a ``resume``/``overwrite`` pair of flags."""
-    if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: pass one of them")
-    return "resume" if resume else "overwrite" if overwrite else "new"
 
 
 def _warnings(dec: JacobianSVD, metrics: dict, dtype: np.dtype) -> list[str]:

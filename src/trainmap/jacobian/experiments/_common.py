@@ -24,7 +24,7 @@ from trainmap._io import load_npy, read_json
 from trainmap._progress import progress_iter  # noqa: F401  (used by the experiments as C.progress_iter)
 from trainmap.jacobian.regions import REGIONS, JacobianSVD, Thresholds, classify, region_mask
 from trainmap.recipe import Recipe
-from trainmap.results import FolderError, ResultsFolder, open_results, reopen
+from trainmap.results import FolderError, ResultsFolder, mode_of, open_results, reopen
 
 MARKER = "summary.json"
 
@@ -44,9 +44,7 @@ def prepare_folder(out: str | Path, *, resume: bool = False, overwrite: bool = F
         overwrite: remove what trainmap wrote at ``out`` first.
         kind: what the folder holds.
     """
-    from trainmap.jacobian.analysis import _mode
-
-    return open_results(out, _mode(resume, overwrite), kind=kind)
+    return open_results(out, mode_of(resume, overwrite), kind=kind)
 
 
 def finish(out: ResultsFolder, config: Mapping[str, Any], summary: dict[str, Any],

@@ -47,7 +47,7 @@ from trainmap.jacobian.matrix_free.slq import quadrature, region_counts, spectra
 from trainmap.jacobian.precision import check_dtype
 from trainmap.jacobian.regions import REGIONS, Thresholds
 from trainmap.protocol import TrainingMap
-from trainmap.results import open_results
+from trainmap.results import mode_of, open_results
 
 METHODS = ("lanczos", "slq")
 CONVERGED_RTOL = 1e-3  # a Ritz pair counts as converged when ‖JᵀJv − σ²v‖ / max(σ², 1) < this
@@ -190,7 +190,7 @@ def analyze_scale(
     Returns:
         The summary dictionary (also written to ``summary.json``).
     """
-    from trainmap.jacobian.analysis import _mode, train_and_record
+    from trainmap.jacobian.analysis import train_and_record
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS} (or 'exact' via analyze)")
@@ -210,7 +210,7 @@ def analyze_scale(
            "num_params": P, "num_steps": recipe.num_steps,
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high},
            "recipe_fingerprint": recipe.fingerprint()}
-    folder = open_results(out_dir, _mode(resume, overwrite), kind="jacobian-matrix-free", config=cfg,
+    folder = open_results(out_dir, mode_of(resume, overwrite), kind="jacobian-matrix-free", config=cfg,
                           may_change=("steps",))
     th0_np, thT_np, metrics = train_and_record(recipe, theta0, folder, dt, eval_sets)
     t_train = time.perf_counter()

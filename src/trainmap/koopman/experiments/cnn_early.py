@@ -23,7 +23,7 @@ from trainmap.koopman.experiments._common import progress_iter, summarize_test
 from trainmap.koopman.experiments.training import accuracy, stack_inits, train_and_record
 from trainmap.models import lenet
 from trainmap.recipe import cross_entropy, epoch_batches
-from trainmap.results import check_folder
+from trainmap.results import check_folder, mode_of
 
 
 def windows(num_points: int, size: int, stride: int) -> list[tuple[int, int]]:
@@ -67,7 +67,7 @@ def run(out: Any = None, seeds: Sequence[int] = tuple(range(6)), steps: int = 40
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
     """
-    mode = "overwrite" if overwrite else "new"
+    mode = mode_of(overwrite=overwrite)
     if out is not None:  # refuse a folder before the work, not after
         check_folder(out, mode, kind="koopman-cnn-early")
     from trainmap.koopman.conjugacy import permutation_test

@@ -30,7 +30,7 @@ from trainmap.koopman.experiments._common import progress_iter, summarize_test
 from trainmap.koopman.experiments.training import accuracy, seeds_recipe, stack_inits, train_and_record
 from trainmap.models import transformer
 from trainmap.recipe import cross_entropy
-from trainmap.results import check_folder
+from trainmap.results import check_folder, mode_of
 
 CONDITIONS = ("grokking", "non-grokking")
 
@@ -166,7 +166,7 @@ def run(out: Any = None, p: int = 113, train_fraction: float = 0.3, seeds: Seque
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
     """
-    mode = "overwrite" if overwrite else "new"
+    mode = mode_of(overwrite=overwrite)
     if out is not None:  # refuse a folder before the work, not after
         check_folder(out, mode, kind="koopman-grokking")
     from trainmap.koopman.conjugacy import permutation_test

@@ -24,7 +24,7 @@ from trainmap.koopman.experiments._common import pairs_by_group, progress_iter, 
 from trainmap.koopman.experiments.training import accuracy, stack_inits, train_and_record
 from trainmap.models import mlp
 from trainmap.recipe import cross_entropy, epoch_batches
-from trainmap.results import check_folder
+from trainmap.results import check_folder, mode_of
 
 
 def load_mnist_npz(path: str | Path) -> Dataset:
@@ -97,7 +97,7 @@ def run(out: Any = None, widths: Sequence[int] = (5, 10, 40), seeds: Sequence[in
     Returns:
         The summary dict (and writes a results folder when ``out`` is given).
     """
-    mode = "overwrite" if overwrite else "new"
+    mode = mode_of(overwrite=overwrite)
     if out is not None:  # refuse a folder before the work, not after
         check_folder(out, mode, kind="koopman-mlp-width")
     from trainmap.koopman.conjugacy import permutation_test

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainmap.results import check_folder
+from trainmap.results import check_folder, mode_of
 
 LOWER, UPPER = 0.01, 1.0
 
@@ -127,7 +127,7 @@ def run(out: Any = None, eta: float = 1e-2, steps: int = 100, grid: int = 5, del
     Returns:
         The summary dict.
     """
-    mode = "overwrite" if overwrite else "new"
+    mode = mode_of(overwrite=overwrite)
     if out is not None:  # refuse a folder before the work, not after
         check_folder(out, mode, kind="koopman-omd-ogd")
     from trainmap.koopman.conjugacy import conjugacy_test, matched_swap_test

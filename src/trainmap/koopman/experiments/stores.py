@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from trainmap.results import check_folder
+from trainmap.results import check_folder, mode_of
 
 
 def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] = None,
@@ -25,7 +25,7 @@ def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] 
     from trainmap.record.store import Trajectory
 
     traj = Path(traj)
-    mode = "overwrite" if overwrite else "new"
+    mode = mode_of(overwrite=overwrite)
     check_folder(out, mode, kind="koopman-spectrum")
     t = Trajectory.load(traj)
     cfg = ObservableConfig(list(layers) if layers else None, pca, projection, delays, rank, seed)
@@ -62,7 +62,7 @@ def compare_stores(traj_a: Path, traj_b: Path, out: Path, *, layers: Optional[Se
     from trainmap.record.store import Trajectory
 
     traj_a, traj_b = Path(traj_a), Path(traj_b)
-    mode = "overwrite" if overwrite else "new"
+    mode = mode_of(overwrite=overwrite)
     check_folder(out, mode, kind="koopman-compare")
     ta, tb = Trajectory.load(traj_a), Trajectory.load(traj_b)
     cfg = ObservableConfig(list(layers) if layers else None, pca, projection, delays, rank, seed)

@@ -23,7 +23,7 @@ import numpy as np
 
 from trainmap._io import atomic_save_npy, load_npy, read_json
 from trainmap._progress import progress as _progress
-from trainmap.results import ResultsFolder, open_results
+from trainmap.results import ResultsFolder, mode_of, open_results
 
 ARCHITECTURES: dict[str, dict] = {
     "mlp32-relu": dict(kind="mlp", hidden=(32,), activation="relu"),
@@ -185,7 +185,7 @@ def run_experiment(out_dir: str | Path, config: DeepNetsConfig | None = None, pr
     config_json = dict(experiment="ribbon-deepnets", **_jsonable_config(cfg), recorded_steps=steps,
                        num_runs=len(runs), probe="digits training set", n_probe=len(x))
     exists = (Path(out_dir) / "manifest.json").exists()
-    out = open_results(out_dir, "resume" if exists and not overwrite else "overwrite" if overwrite else "new",
+    out = open_results(out_dir, mode_of(resume=exists and not overwrite, overwrite=overwrite),
                        kind="ribbon-deepnets", config=config_json)
     group_dir = out.dir("groups")
     groups: dict[str, list[int]] = {}
