@@ -31,3 +31,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     summary = namespace["summary"]
     assert summary["num_params"] == 64 * 16 + 16 * 10 + 64 * 10
     assert (tmp_path / "results" / "my-model" / "report.html").exists()
+
+
+def test_readme_flax_example_runs_and_takes_the_fast_path(tmp_path, monkeypatch):
+    code = re.search(r"### Your own model.*?```python\n.*?```.*?```python\n(.*?)```", _readme(), re.S).group(1)
+    assert "recipe_from_flax" in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    summary = namespace["summary"]
+    assert summary["num_params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert (summary["engine"]["rules"], summary["engine"]["activation"]) == ("mlp", "gelu_tanh")

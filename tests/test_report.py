@@ -184,3 +184,18 @@ def test_nested_results_folders_are_linked(tmp_path):
         write_report(make_folder(top / name, clean=True), interactive=False)
     page = render_report(top, interactive=False)
     assert 'href="./ood/report.html"' in page and 'href="./perturb/report.html"' in page
+
+
+def test_a_jacobian_report_puts_the_run_beside_the_paper(tmp_path):
+    from trainmap.jacobian.regions import region_summary, svd
+
+    S = np.r_[np.full(3, 4.0), np.full(5, 1.0005), np.full(2, 1.05), np.full(4, 0.5)]  # P = 14
+    d = tmp_path / "run"
+    d.mkdir()
+    atomic_write_json(d / "summary.json", region_summary(svd(np.diag(S))))
+    page = render_report(d, interactive=False)
+    table = page[page.index('id="paper"'):page.index('id="summary"')]
+    for cell in ("<td>3 (21.4%)</td>", "<td>7 (50.0%)</td>", "<td>4 (28.6%)</td>", "<td>5 (35.7%)</td>",
+                 "<td>4.00</td>", "<td>1.0000</td>", "≈ 62%", "3,021 (62.8%)"):
+        assert cell in table, cell
+    assert 'id="paper"' not in render_report(make_folder(tmp_path / "other"), interactive=False)

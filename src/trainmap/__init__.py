@@ -21,6 +21,8 @@ _EXPORTS = {
     "flat_params": "trainmap.recipe",
     "TrainingMap": "trainmap.protocol",
     "open_results": "trainmap.results",
+    "recipe_from_flax": "trainmap.adapters",
+    "recipe_from_equinox": "trainmap.adapters",
 }
 
 __all__ = sorted(_EXPORTS)

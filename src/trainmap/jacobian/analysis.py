@@ -25,7 +25,7 @@ import numpy as np
 
 from trainmap._io import read_json
 from trainmap.jacobian import figures
-from trainmap.jacobian.exact import exact_jacobian
+from trainmap.jacobian.exact import exact_jacobian, plan_engine
 from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.jacobian.regions import BULK_TOLERANCES, JacobianSVD, Thresholds, project_change, region_summary, svd
 from trainmap.recipe import Recipe, check_training, evaluate
@@ -165,10 +165,21 @@ def analyze(
     summary = region_summary(dec, bulk_tolerances)
     summary["metrics"] = metrics
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
+    summary["engine"] = _engine_summary(recipe, th0_np, dt, mode, primal, chunk_size, memory_budget_gb)
     summary["wall_time_s"] = {"train_check": t_train - t_start, "jacobian": t_jac - t_train,
                               "svd": t_svd - t_jac, "total": t_svd - t_start}
     summary["warnings"] = _warnings(dec, metrics, dt)
     return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
+
+
+def _engine_summary(recipe: Recipe, theta0: np.ndarray, dt: np.dtype, mode: str, primal: str,
+                    chunk_size: int | None, memory_budget_gb: float) -> dict:
+    """How the exact engine computed J (its plan is cached with the recipe: nothing is recompiled)."""
+    with precision_context(dt):
+        plan = plan_engine(recipe, jnp.asarray(theta0, dt), mode=mode, primal=primal, chunk_size=chunk_size,
+                           memory_budget_gb=memory_budget_gb)
+    return {"mode": plan.mode, "primal": plan.primal, "rules": plan.rules, "chunk_size": plan.chunk,
+            "devices": plan.n_devices, "activation": plan.mlp.activation if plan.mlp is not None else None}
 
 
 def check_engine_options(chunk_size: int | None, memory_budget_gb: float, mode: str, primal: str) -> None:

@@ -27,11 +27,15 @@ Recomputing h_l, σ'(z_l) and r_l ⊙ σ''(z_l) from z_l per chunk would store 2
 slower on the reference MLP, so they are stored.
 
 :func:`detect_mlp` decides, numerically, whether a recipe is such an MLP (the path is chosen
-automatically by :func:`~trainmap.jacobian.exact.exact_jacobian`).
+automatically by :func:`~trainmap.jacobian.exact.exact_jacobian`). The rules work on a canonical
+list of ``{"w": (d_in, d_out), "b": (d_out,)}`` layers; a :class:`LayerView` maps other parameter
+pytrees onto it without copying values: trainmap's own MLP, flax ``nn.Dense`` (``kernel``/``bias``,
+linen and nnx) and equinox ``nn.Linear`` (``weight`` (d_out, d_in), transposed).
 """
 
 from __future__ import annotations
 
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -52,6 +56,114 @@ def _activations() -> dict[str, Callable[[jax.Array], jax.Array]]:
     return dict(ACTIVATIONS)
 
 
+_WEIGHT_NAMES = {"w": False, "kernel": False, "weight": True}  # name -> stored as (d_out, d_in)
+_BIAS_NAMES = {"b", "bias"}
+
+
+def _key_name(entry: Any) -> str | int:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
+
+
+def _natural(prefix: tuple) -> tuple:
+    """Sort key of a layer's path: numbers inside names compare as numbers (Dense_2 < Dense_10)."""
+    out: list = []
+    for name in prefix:
+        parts = re.split(r"(\d+)", str(name))
+        out.append(tuple(int(p) if p.isdigit() else p for p in parts if p))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """Where the dense layers of an MLP sit in a parameter pytree.
+
+    Attributes:
+        treedef: the pytree's structure.
+        layers: per layer, in forward order, ``(weight leaf index, bias leaf index, transposed)``;
+            ``transposed`` when the weight is stored (d_out, d_in) (equinox, PyTorch).
+    """
+
+    treedef: Any
+    layers: tuple[tuple[int, int, bool], ...]
+
+    def to_layers(self, params: Params) -> list[dict]:
+        """params -> ``[{"w": (..., d_in, d_out), "b": (..., d_out)}]`` (leading batch axes kept)."""
+        leaves = jax.tree_util.tree_leaves(params)
+        return [{"w": jnp.swapaxes(leaves[w], -1, -2) if t else leaves[w], "b": leaves[b]}
+                for w, b, t in self.layers]
+
+    def from_layers(self, layers: list[dict]) -> Params:
+        """The inverse of :meth:`to_layers`."""
+        leaves: list = [None] * self.treedef.num_leaves
+        for (w, b, t), layer in zip(self.layers, layers):
+            leaves[w] = jnp.swapaxes(layer["w"], -1, -2) if t else layer["w"]
+            leaves[b] = layer["b"]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def layer_view(params: Params) -> LayerView | None:
+    """The :class:`LayerView` of an MLP's parameter pytree, or None when it is not one.
+
+    Every leaf must belong to a layer of one weight (named ``w``, ``kernel`` or ``weight``) and
+    one bias (``b`` or ``bias``). Layers are ordered by their path, numbers compared as numbers,
+    when their widths chain in that order (d_out of one layer = d_in of the next), else by the
+    one chain their widths allow; otherwise None. :func:`detect_mlp` then checks the order
+    numerically.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    groups: dict[tuple, dict] = {}
+    for i, (path, leaf) in enumerate(flat):
+        names = [_key_name(e) for e in path]
+        at = next((j for j in range(len(names) - 1, -1, -1)
+                   if names[j] in _WEIGHT_NAMES or names[j] in _BIAS_NAMES), None)
+        if at is None:
+            return None
+        role = "b" if names[at] in _BIAS_NAMES else "w"
+        group = groups.setdefault(tuple(names[:at]), {})
+        if role in group:
+            return None
+        group[role] = (i, names[at], jnp.shape(leaf))
+    found: list[tuple[int, int, bool, int, int]] = []  # (weight, bias, transposed, d_in, d_out)
+    for prefix in sorted(groups, key=_natural):
+        g = groups[prefix]
+        if set(g) != {"w", "b"}:
+            return None
+        (wi, wname, ws), (bi, _, bs) = g["w"], g["b"]
+        if len(ws) != 2 or len(bs) != 1:
+            return None
+        transposed = _WEIGHT_NAMES[wname]
+        d_in, d_out = (ws[1], ws[0]) if transposed else ws
+        if bs[0] != d_out:
+            return None
+        found.append((wi, bi, transposed, int(d_in), int(d_out)))
+    order = _chain(found)
+    return LayerView(treedef, tuple(found[i][:3] for i in order)) if order else None
+
+
+def _chain(found: list[tuple[int, int, bool, int, int]]) -> list[int] | None:
+    """The forward order of the layers: by name when their widths chain that way, else the one
+    chain the widths allow (flax names layers in construction order, not call order)."""
+    def chains(order: list[int]) -> bool:
+        return all(found[a][4] == found[b][3] for a, b in zip(order, order[1:]))
+
+    named = list(range(len(found)))
+    if not found or chains(named):
+        return named if found else None
+    starts = [i for i in named if not any(found[j][4] == found[i][3] for j in named if j != i)]
+    if len(starts) != 1:
+        return None
+    order = starts
+    while len(order) < len(found):
+        nxt = [j for j in named if j not in order and found[j][3] == found[order[-1]][4]]
+        if len(nxt) != 1:
+            return None
+        order.append(nxt[0])
+    return order
+
+
 @dataclass(frozen=True)
 class MLPSpec:
     """An MLP recognised in a recipe.
@@ -59,13 +171,15 @@ class MLPSpec:
     Attributes:
         activation: name of the hidden activation (a key of ``trainmap.models.mlp.ACTIVATIONS``).
         sizes: layer widths (d_0, ..., d_L).
+        view: where the layers sit in the recipe's parameter pytree.
     """
 
     activation: str
     sizes: tuple[int, ...]
+    view: LayerView | None = None
 
 
-def _mlp_apply(act: Callable, params: Params, x: jax.Array) -> jax.Array:
+def _mlp_apply(act: Callable, params: list, x: jax.Array) -> jax.Array:
     h = x.reshape(x.shape[0], -1)
     for i, layer in enumerate(params):
         h = h @ layer["w"] + layer["b"]
@@ -74,52 +188,41 @@ def _mlp_apply(act: Callable, params: Params, x: jax.Array) -> jax.Array:
     return h
 
 
-def _structure(params: Params) -> tuple[int, ...] | None:
-    if not isinstance(params, (list, tuple)) or not params:
-        return None
-    sizes: list[int] = []
-    for layer in params:
-        if not isinstance(layer, dict) or set(layer) != {"w", "b"}:
-            return None
-        w, b = jnp.shape(layer["w"]), jnp.shape(layer["b"])
-        if len(w) != 2 or b != (w[1],) or (sizes and sizes[-1] != w[0]):
-            return None
-        sizes = sizes or [w[0]]
-        sizes.append(w[1])
-    return tuple(int(s) for s in sizes)
+def _structure(layers: list) -> tuple[int, ...]:
+    sizes = [int(jnp.shape(layers[0]["w"])[0])]
+    sizes += [int(jnp.shape(layer["w"])[1]) for layer in layers]
+    return tuple(sizes)
 
 
 def detect_mlp(recipe: Recipe, theta0: jax.Array, rtol: float = 1e-4) -> MLPSpec | None:
-    """Recognise an MLP recipe (as built by ``trainmap.models.mlp`` with biases) numerically.
+    """Recognise an MLP recipe numerically.
 
-    The parameter pytree must be a list of ``{"w": (d_{l-1}, d_l), "b": (d_l,)}`` layers, and for
-    one of the known activations (the recipe's ``config["activation"]`` is tried first) the
+    The parameter pytree must hold dense layers only (:func:`layer_view`: trainmap's ``mlp``, flax
+    ``Dense``/``nnx.Linear``, equinox ``Linear``), and for one of the registered activations the
     hand-written MLP must reproduce ``recipe.apply`` on the first batch at θ₀ and at a random
     perturbation of θ₀, and the hand-derived Hessian-vector product of the first step's loss must
-    match JAX's ``jvp(grad)`` along a random direction (relative tolerance ``rtol``).
+    match JAX's ``jvp(grad)`` along a random direction (relative tolerance ``rtol``). The recipe's
+    ``config["activation"]`` is tried first; without it (a flax or equinox module) every
+    registered activation is tried and the closest match is kept.
 
     Returns:
         An :class:`MLPSpec`, or None when the recipe is not (recognisably) such an MLP.
     """
     try:
         params = recipe.unravel(theta0)
-        sizes = _structure(params)
-        if sizes is None:
+        view = layer_view(params)
+        if view is None:
             return None
+        sizes = _structure(view.to_layers(params))
         x, y = recipe.inputs(theta0.dtype)
         idx = jnp.asarray(recipe.batches)[0]
         xb, yb = x[idx], y[idx]
         if int(np.prod(xb.shape[1:])) != sizes[0]:
             return None
-        acts = _activations()
-        first = recipe.config.get("activation")
-        names = ([first] if first in acts else []) + [n for n in acts if n != first]
-        theta1 = theta0 + 0.1 * jax.random.normal(jax.random.key(1234), theta0.shape, theta0.dtype)
         key = (str(theta0.dtype), float(rtol))
         cache = _DETECTED.setdefault(recipe, {})
         if key not in cache:
-            cache[key] = next((MLPSpec(name, sizes) for name in names
-                               if bool(_check(recipe, acts[name], theta0, theta1, xb, yb, rtol))), None)
+            cache[key] = _match(recipe, view, sizes, theta0, xb, yb, rtol)
         return cache[key]
     except Exception:  # any surprise in an unknown recipe means: not this fast path
         return None
@@ -128,26 +231,42 @@ def detect_mlp(recipe: Recipe, theta0: jax.Array, rtol: float = 1e-4) -> MLPSpec
 _DETECTED: "weakref.WeakKeyDictionary[Recipe, dict]" = weakref.WeakKeyDictionary()
 
 
-def _check(recipe: Recipe, act: Callable, theta0: jax.Array, theta1: jax.Array, xb: jax.Array,
-           yb: jax.Array, rtol: float) -> bool:
+def _match(recipe: Recipe, view: LayerView, sizes: tuple[int, ...], theta0: jax.Array, xb: jax.Array,
+           yb: jax.Array, rtol: float) -> MLPSpec | None:
+    acts = _activations()
+    theta1 = theta0 + 0.1 * jax.random.normal(jax.random.key(1234), theta0.shape, theta0.dtype)
+    first = recipe.config.get("activation")
+    if first in acts and _mismatch(recipe, view, acts[first], theta0, theta1, xb, yb) <= rtol:
+        return MLPSpec(first, sizes, view)
+    errors = {name: _mismatch(recipe, view, fn, theta0, theta1, xb, yb)
+              for name, fn in acts.items() if name != first}
+    best = min(errors, key=errors.get, default=None)
+    return MLPSpec(best, sizes, view) if best is not None and errors[best] <= rtol else None
+
+
+def _mismatch(recipe: Recipe, view: LayerView, act: Callable, theta0: jax.Array, theta1: jax.Array,
+              xb: jax.Array, yb: jax.Array) -> float:
+    """The larger relative difference, hand-written MLP against the recipe, of the outputs (at θ₀
+    and θ₁) and of one Hessian-vector product (at θ₁); inf when the output shapes differ."""
     @jax.jit
-    def same_outputs(theta0: jax.Array, theta1: jax.Array) -> jax.Array:
-        ok = jnp.asarray(True)
+    def outputs(theta0: jax.Array, theta1: jax.Array) -> jax.Array:
+        err = jnp.asarray(0.0, theta0.dtype)
         for th in (theta0, theta1):
             p = recipe.unravel(th)
-            a, b = recipe.apply(p, xb), _mlp_apply(act, p, xb)
+            a, b = recipe.apply(p, xb), _mlp_apply(act, view.to_layers(p), xb)
             if a.shape != b.shape:
-                return jnp.asarray(False)
-            ok &= jnp.allclose(a, b, rtol=rtol, atol=rtol * 1e-2)
-        return ok
+                return jnp.asarray(jnp.inf, theta0.dtype)
+            err = jnp.maximum(err, jnp.max(jnp.abs(a - b) / (jnp.abs(a) + 1e-2)))
+        return err
 
-    if not bool(same_outputs(theta0, theta1)):
-        return False
-    return bool(jax.jit(lambda th: _hvp_agrees(recipe, act, th, xb, yb, rtol))(theta1))
+    err = float(outputs(theta0, theta1))
+    if not err <= 1.0:
+        return err
+    return max(err, float(jax.jit(lambda th: _hvp_error(recipe, view, act, th, xb, yb))(theta1)))
 
 
-def _hvp_agrees(recipe: Recipe, act: Callable, theta: jax.Array, xb: jax.Array, yb: jax.Array,
-                rtol: float) -> jax.Array:
+def _hvp_error(recipe: Recipe, view: LayerView, act: Callable, theta: jax.Array, xb: jax.Array,
+               yb: jax.Array) -> jax.Array:
     params = recipe.unravel(theta)
     v = recipe.unravel(jax.random.normal(jax.random.key(99), theta.shape, theta.dtype))
 
@@ -155,10 +274,10 @@ def _hvp_agrees(recipe: Recipe, act: Callable, theta: jax.Array, xb: jax.Array, 
         return recipe.loss(recipe.apply(p, xb), yb)
 
     ref = ravel_pytree(jax.jvp(jax.grad(loss), (params,), (v,))[1])[0]
-    aux = _primal_layers(act, recipe.loss, params, xb, yb)[1]
-    dv = jax.tree_util.tree_map(lambda a: a[None], v)
-    mine = ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], _hvp(aux, dv)))[0]
-    return jnp.linalg.norm(mine - ref) <= rtol * (jnp.linalg.norm(ref) + 1e-30)
+    aux = _primal_layers(act, recipe.loss, view.to_layers(params), xb, yb)[1]
+    dv = jax.tree_util.tree_map(lambda a: a[None], view.to_layers(v))
+    mine = view.from_layers(jax.tree_util.tree_map(lambda a: a[0], _hvp(aux, dv)))
+    return jnp.linalg.norm(ravel_pytree(mine)[0] - ref) / (jnp.linalg.norm(ref) + 1e-30)
 
 
 def _derivs(act: Callable, z: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -261,6 +380,7 @@ class MLPPrimal:
         unravel: flat (P,) -> params pytree.
         x: (N, ...) training inputs, indexed by the stored batch indices.
         activation: name of the hidden activation.
+        view: where the dense layers sit in the parameter pytree.
     """
 
     residuals: list
@@ -271,6 +391,7 @@ class MLPPrimal:
     unravel: Callable
     x: Any
     activation: str
+    view: LayerView
 
     @property
     def args(self) -> list:
@@ -291,13 +412,15 @@ def mlp_rule(recipe: Recipe, spec: MLPSpec, dtype: Any) -> Callable:
     parameters). The step's linear map is ``(stored, lin_update)``.
     """
     act = _activations()[spec.activation]
+    view = spec.view or layer_view(recipe.unravel(jnp.zeros(recipe.num_params, dtype)))
     x, y = recipe.inputs(dtype)
 
     def rule(state: TrainState, idx: jax.Array) -> tuple[TrainState, tuple]:
         layout = StateLayout.of(state.opt_state)
         floats, others = layout.split(state.opt_state)
         params = recipe.unravel(state.theta)
-        grads, aux = _primal_layers(act, recipe.loss, params, x[idx], y[idx])
+        grads, aux = _primal_layers(act, recipe.loss, view.to_layers(params), x[idx], y[idx])
+        grads = view.from_layers(grads)
 
         def update(g: Params, fl: list, p: Params) -> tuple:
             p2, s2 = recipe.update_params(p, layout.join(fl, others), g, state.anchor)
@@ -336,7 +459,8 @@ def planned_primal(recipe: Recipe, spec: MLPSpec,
     def make(res: Any) -> MLPPrimal:
         leaves, treedef = jax.tree_util.tree_flatten(res)
         return MLPPrimal(leaves, treedef, layout, recipe.num_params, np.dtype(theta0.dtype),
-                         recipe.unravel, x, spec.activation)
+                         recipe.unravel, x, spec.activation,
+                         spec.view or layer_view(recipe.unravel(theta0)))
 
     def compile_primal() -> Callable[[], MLPPrimal]:
         compiled = jax.jit(primal).lower(theta0).compile()
@@ -358,7 +482,7 @@ def forward_columns(mp: MLPPrimal, k: int) -> Callable[[list, jax.Array], jax.Ar
         def body(carry: tuple, r: list) -> tuple[tuple, None]:
             dp, df = carry
             stored, lin_update = jax.tree_util.tree_unflatten(treedef, r)
-            dg = _hvp(_expand(stored, x), dp)
+            dg = mp.view.from_layers(_hvp(_expand(stored, x), mp.view.to_layers(dp)))
             return jax.vmap(lin_update)(dg, df, dp), None
 
         (dparams, _), _ = jax.lax.scan(body, (dparams, dfl), res)
