@@ -5,14 +5,24 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "TRAINMAP_CACHE_DIR" not in os.environ:  # one fresh compilation cache per test session, never the user's
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TRAINMAP_CACHE_DIR"] = tempfile.mkdtemp(prefix="trainmap-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TRAINMAP_CACHE_DIR"], True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import pytest  # noqa: E402
 
+from trainmap._cache import enable_compilation_cache  # noqa: E402
 from trainmap.models import mlp  # noqa: E402
 from trainmap.recipe import flat_params, make_recipe  # noqa: E402
+
+enable_compilation_cache()  # as the CLI does: tests that rebuild the same programs load them
 
 
 def tiny_recipe(seed: int = 0, n: int = 24, d: int = 5, h: int = 4, c: int = 3, epochs: int = 2,

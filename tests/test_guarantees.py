@@ -42,6 +42,7 @@ def _sgd_recipe(lr: float):
 
 
 # ----------------------------------------------------------------------------- 2. run identity
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_resume_with_another_optimizer_built_in_python_is_refused(tmp_path):
     r1, theta0 = _sgd_recipe(0.1)
     with pytest.raises(KeyboardInterrupt):
@@ -261,7 +262,8 @@ def clean_run(tmp_path_factory):
     return np.load(out / "singular_values.npy")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM,
+                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow)])  # SIGINT: opt-in
 def test_a_signal_mid_run_then_resume_gives_the_same_matrix(tmp_path, sig, clean_run):
     """The OS interrupts a real process once chunks are on disk; --resume finishes bit-identically."""
     out = tmp_path / "run"

@@ -146,6 +146,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_two_host_devices_give_the_single_device_matrix(tmp_path):
     tests = str(Path(__file__).resolve().parent)
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
@@ -164,6 +165,7 @@ def test_two_host_devices_give_the_single_device_matrix(tmp_path):
     assert out["resume_bitwise"]
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_tanh_gelu_and_registered_activations_take_the_fast_mlp_path():
     """flax's default GELU (tanh approximation) and a user-registered activation are recognised by
     the hand-derived MLP rules, and give jacfwd's J."""

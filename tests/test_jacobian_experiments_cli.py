@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from trainmap.cli import app
@@ -49,6 +50,7 @@ def test_reproduce_subset_then_subcommand_reuses_the_main_jacobian(tmp_path):
     assert bad.exit_code == 2 and "two distinct seeds" in bad.output
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_group_dtype_reaches_the_experiments_jacobian(tmp_path):
     """`trainmap jacobian --dtype float64 change` builds its main Jacobian in float64 (the group's
     options travel in an explicit setup object), and a float32 folder is not reused for it."""

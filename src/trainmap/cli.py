@@ -29,9 +29,18 @@ app.command(name="check")(check.check_command)
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+    compile_cache: bool = typer.Option(
+        True, "--compile-cache/--no-compile-cache",
+        help="Keep JAX's compiled programs in ~/.cache/trainmap/jax (or $TRAINMAP_CACHE_DIR), so that "
+             "a second run does not compile again."),
+) -> None:
     """Measure the geometry of neural-network training."""
+    from trainmap._cache import enable_compilation_cache
+
     DEBUG["on"] = debug
+    enable_compilation_cache(compile_cache)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -78,6 +78,11 @@ def jacobian(
     probes: int = typer.Option(8, help="lanczos/slq: Rademacher probe vectors (the Lanczos block size)."),
     lanczos_steps: int = typer.Option(0, help="lanczos/slq: block Lanczos steps (0: 30 for slq, "
                                       "max(30, 5·rank/probes) for lanczos)."),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help="Your own run instead of the digits MLP: path/to/file.py:function or "
+        "package.module:function returning (recipe, theta0); its file hash and arguments go to config.json."),
+    recipe_arg: Optional[List[str]] = typer.Option(
+        None, "--recipe-arg", help="name=value passed to the --recipe function (repeatable; values read as JSON)."),
 ) -> None:
     """Run the exact training-Jacobian analysis (no options: the reference experiment)."""
     tols = sorted(set(bulk_tol), reverse=True) if bulk_tol else [0.1, 0.01, 0.001]
@@ -96,30 +101,68 @@ def jacobian(
     if ctx.invoked_subcommand is not None:
         from trainmap.commands.jacobian_experiments import JacobianSetup
 
+        if recipe:
+            typer.secho("error: --recipe is read by `trainmap jacobian` itself (exact, lanczos, slq), not yet by "
+                        f"`trainmap jacobian {ctx.invoked_subcommand}`; call the experiment's Python function with "
+                        "your recipe", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+
         ctx.obj = JacobianSetup(recipe_kwargs, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
                                 chunk_size=chunk_size or None, memory_gb=memory_gb)
         return
     _refuse_ignored(ctx, method)
-    from trainmap.presets import digits_mlp
-
-    setup = run_lens(lambda: digits_mlp(**recipe_kwargs))
+    run = _user_run(ctx, recipe, recipe_arg) if recipe else _builtin_run(recipe_kwargs)
     if method is not Method.exact:
-        _run_matrix_free(method.value, setup, seed=seed, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
+        _run_matrix_free(method.value, run, seed=seed, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
                          resume=resume, overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps)
         return
     from trainmap.jacobian.analysis import analyze
     from trainmap.jacobian.regions import Thresholds
 
-    d = setup.data
     summary = run_lens(lambda: analyze(
-        setup.recipe, setup.theta0, out,
-        eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
+        run.recipe, run.theta0, out, eval_sets=run.eval_sets,
         dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), bulk_tolerances=tols,
         chunk_size=chunk_size or None,
         memory_budget_gb=memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
-        primal=primal.value))
+        primal=primal.value, config=run.source and {"recipe_source": run.source}))
     _write_report(out)
     _print_summary(summary, out)
+
+
+#: options that build the digits MLP (and so mean nothing with --recipe)
+SETUP_OPTIONS = ("hidden", "epochs", "batch_size", "lr", "optimizer", "activation", "gelu", "init", "split",
+                 "shuffle", "data_seed", "eps_root")
+
+
+def _given(ctx: typer.Context, names: Any) -> list[str]:
+    return [n for n in names
+            if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+def _builtin_run(recipe_kwargs: dict) -> Any:
+    """The digits MLP of the options, as the run to analyse."""
+    from trainmap.commands._recipe import LoadedRecipe
+    from trainmap.presets import digits_mlp
+
+    s = run_lens(lambda: digits_mlp(**recipe_kwargs))
+    d = s.data
+    return LoadedRecipe(s.recipe, s.theta0, {"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
+                        {})
+
+
+def _user_run(ctx: typer.Context, spec: str, args: Optional[List[str]]) -> Any:
+    """The run of ``--recipe``; one error line for the digits-MLP options it makes meaningless."""
+    from trainmap.commands._recipe import load_recipe
+
+    given = _given(ctx, SETUP_OPTIONS)
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        one = len(given) == 1
+        typer.secho(f"error: {flags} {'sets' if one else 'set'} up the digits MLP and {'is' if one else 'are'} "
+                    "not read with --recipe; set it in your recipe function (or pass it with --recipe-arg)",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    return run_lens(lambda: load_recipe(spec, args or []))
 
 
 #: options that only one family of methods reads
@@ -130,8 +173,7 @@ MATRIX_FREE_ONLY = ("rank", "probes", "lanczos_steps")
 def _refuse_ignored(ctx: typer.Context, method: "Method") -> None:
     """One error line for an option the chosen --method would silently ignore."""
     ignored = MATRIX_FREE_ONLY if method is Method.exact else EXACT_ONLY
-    given = [n for n in ignored
-             if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
+    given = _given(ctx, ignored)
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         other = "--method lanczos|slq" if method is Method.exact else "--method exact"
@@ -140,19 +182,17 @@ def _refuse_ignored(ctx: typer.Context, method: "Method") -> None:
         raise typer.Exit(2)
 
 
-def _run_matrix_free(method: str, setup: Any, *, seed: int, dtype: str, bulk_tol: float,
+def _run_matrix_free(method: str, run: Any, *, seed: int, dtype: str, bulk_tol: float,
                      out: Path, resume: bool, overwrite: bool, rank: int, probes: int,
                      steps: int) -> None:
     """``--method lanczos|slq``: the matrix-free estimates (see trainmap.jacobian.matrix_free.pipeline)."""
     from trainmap.jacobian.matrix_free.pipeline import analyze_scale
     from trainmap.jacobian.regions import Thresholds
 
-    d = setup.data
     s = run_lens(lambda: analyze_scale(
-        setup.recipe, setup.theta0, out, method=method, rank=rank, probes=probes, steps=steps or None,
-        seed=seed, dtype=dtype, thresholds=Thresholds.symmetric(bulk_tol),
-        eval_sets={"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
-        resume=resume, overwrite=overwrite))
+        run.recipe, run.theta0, out, method=method, rank=rank, probes=probes, steps=steps or None,
+        seed=seed, dtype=dtype, thresholds=Thresholds.symmetric(bulk_tol), eval_sets=run.eval_sets,
+        resume=resume, overwrite=overwrite, config=run.source and {"recipe_source": run.source}))
     _write_report(out)
     P = s["num_params"]
     lz = s["lanczos"]
@@ -172,10 +212,11 @@ def _run_matrix_free(method: str, setup: Any, *, seed: int, dtype: str, bulk_tol
 
 def _write_report(out: Path) -> None:
     """The report of a finished folder, with a line saying what is happening (it takes seconds)."""
+    from trainmap._progress import stage
     from trainmap.report.html import write_report
 
-    typer.echo("writing report.html ...")
-    write_report(out)
+    with stage("report.html"):
+        write_report(out)
 
 
 def _print_summary(s: dict, out: Path) -> None:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import read_json
+from trainmap._progress import stage
 from trainmap.jacobian import figures
 from trainmap.jacobian.exact import exact_jacobian, plan_engine
 from trainmap.jacobian.precision import check_dtype, precision_context
@@ -66,21 +67,23 @@ def train_and_record(
 
 def decompose(
     J: np.ndarray, theta0: np.ndarray, thetaT: np.ndarray,
-    thresholds: Thresholds = Thresholds(), svd_dtype: Any = None,
+    thresholds: Thresholds = Thresholds(), svd_dtype: Any = None, progress: bool = False,
 ) -> tuple[JacobianSVD, np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-    """SVD J and plot it.
+    """SVD J and plot it (``progress``: a line per stage).
 
     Returns:
         (svd, delta_proj (P,) = Vᵀ(θ_T − θ₀), the spectral arrays by name, the figures by name).
     """
-    dec = svd(J, thresholds, svd_dtype)
-    proj = project_change(dec.Vt, theta0, thetaT)
+    with stage(f"SVD of J ({J.shape[0]:,} x {J.shape[1]:,})", progress):
+        dec = svd(J, thresholds, svd_dtype)
+        proj = project_change(dec.Vt, theta0, thetaT)
     arrays = {"singular_values": dec.S, "svd_U": dec.U, "svd_Vt": dec.Vt, "regions": dec.codes,
               "cos_uv": dec.cos_uv, "delta_proj": proj}
-    figs = {"spectrum.png": figures.spectrum_figure(dec.S, dec.codes, thresholds),
-            "sigma_minus_one.png": figures.distance_from_one_figure(dec.S, dec.codes, thresholds),
-            "cos_uv.png": figures.cosine_figure(dec.cos_uv, dec.codes),
-            "delta_proj.png": figures.change_projection_figure(proj, dec.codes)}
+    with stage("figures", progress):
+        figs = {"spectrum.png": figures.spectrum_figure(dec.S, dec.codes, thresholds),
+                "sigma_minus_one.png": figures.distance_from_one_figure(dec.S, dec.codes, thresholds),
+                "cos_uv.png": figures.cosine_figure(dec.cos_uv, dec.codes),
+                "delta_proj.png": figures.change_projection_figure(proj, dec.codes)}
     return dec, proj, arrays, figs
 
 
@@ -146,20 +149,22 @@ def analyze(
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high},
            "recipe_fingerprint": recipe.fingerprint()}
     folder = open_results(out_dir, mode_of(resume, overwrite), kind="jacobian", config=cfg)
-    th0_np, thT_np, metrics = train_and_record(recipe, theta0, folder, dt, eval_sets)
+    with stage("training once (checks, losses, accuracies)", progress):
+        th0_np, thT_np, metrics = train_and_record(recipe, theta0, folder, dt, eval_sets)
     t_train = time.perf_counter()
 
     if folder.resumed and folder.has("jacobian.npy"):
         J = folder.load_array("jacobian", mmap=True)
     else:
-        J = exact_jacobian(recipe, th0_np, dtype=dt, chunk_size=chunk_size,
-                           memory_budget_gb=memory_budget_gb, checkpoint_dir=folder.dir("checkpoint"),
-                           resume=folder.resumed, progress=progress, stop_after=stop_after,
-                           out=folder.file("jacobian.npy"), mode=mode, primal=primal)
+        with stage("Jacobian", False):
+            J = exact_jacobian(recipe, th0_np, dtype=dt, chunk_size=chunk_size,
+                               memory_budget_gb=memory_budget_gb, checkpoint_dir=folder.dir("checkpoint"),
+                               resume=folder.resumed, progress=progress, stop_after=stop_after,
+                               out=folder.file("jacobian.npy"), mode=mode, primal=primal)
         folder.add_file("jacobian.npy")  # its checksum now, so that a resume reads it back verified
     t_jac = time.perf_counter()
 
-    dec, proj, arrays, figs = decompose(J, th0_np, thT_np, thresholds, dt)
+    dec, proj, arrays, figs = decompose(J, th0_np, thT_np, thresholds, dt, progress)
     t_svd = time.perf_counter()
 
     summary = region_summary(dec, bulk_tolerances)
@@ -169,7 +174,8 @@ def analyze(
     summary["wall_time_s"] = {"train_check": t_train - t_start, "jacobian": t_jac - t_train,
                               "svd": t_svd - t_jac, "total": t_svd - t_start}
     summary["warnings"] = _warnings(dec, metrics, dt)
-    return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
+    with stage("saving arrays and figures", progress):
+        return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
 
 
 def _engine_summary(recipe: Recipe, theta0: np.ndarray, dt: np.dtype, mode: str, primal: str,
