@@ -12,7 +12,7 @@ import grimp
 
 #: the parts of the package, in layer order (top first); a module belongs to the first part that
 #: is a prefix of its name
-PARTS = ["trainmap.cli", "trainmap.commands", "trainmap.report", "trainmap.jacobian", "trainmap.koopman",
+PARTS = ["trainmap.cli", "trainmap.commands", "trainmap.report", "trainmap.joint", "trainmap.jacobian", "trainmap.koopman",
          "trainmap.ribbon", "trainmap.results", "trainmap.record", "trainmap.presets", "trainmap.optimizers",
          "trainmap.adapters", "trainmap.recipe", "trainmap.protocol", "trainmap.models", "trainmap.data", "trainmap._io", "trainmap._progress"]
 

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from trainmap.commands import check, jacobian, koopman, report, ribbon
+from trainmap.commands import analyze, check, jacobian, koopman, report, ribbon
 from trainmap.commands._common import DEBUG, USER_ERRORS, error_line
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(jacobian.app, name="jacobian")
 app.add_typer(koopman.app, name="koopman")
 app.add_typer(ribbon.app, name="ribbon")
+app.command(name="analyze")(analyze.analyze_command)
 app.command(name="report")(report.report_command)
 app.command(name="check")(check.check_command)
 

@@ -113,3 +113,13 @@ def load_recipe(spec: str, args: Sequence[str] = ()) -> LoadedRecipe:
     if data is not None and all(hasattr(data, a) for a in ("x_train", "y_train", "x_test", "y_test")):
         eval_sets = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
     return LoadedRecipe(recipe, theta0, eval_sets, {**source, "args": kwargs})
+
+
+def builtin_run(setup_kwargs: dict | None = None) -> LoadedRecipe:
+    """The built-in digits MLP (``trainmap.presets.digits_mlp(**setup_kwargs)``; no arguments: the
+    published setup) as a run to analyse, evaluated on its train and test splits."""
+    from trainmap.presets import digits_mlp
+
+    s = digits_mlp(**(setup_kwargs or {}))
+    d = s.data
+    return LoadedRecipe(s.recipe, s.theta0, {"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)}, {})

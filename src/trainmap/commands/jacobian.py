@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from trainmap.commands._common import run_lens
+from trainmap.commands._recipe import builtin_run
 from trainmap.optimizers import OPTIMIZERS
 
 app = typer.Typer(help="Training-Jacobian lens: J = dθ_T/dθ₀, its SVD and chaotic/bulk/stable regions.")
@@ -111,7 +112,7 @@ def jacobian(
                                 chunk_size=chunk_size or None, memory_gb=memory_gb)
         return
     _refuse_ignored(ctx, method)
-    run = _user_run(ctx, recipe, recipe_arg) if recipe else _builtin_run(recipe_kwargs)
+    run = _user_run(ctx, recipe, recipe_arg) if recipe else run_lens(lambda: builtin_run(recipe_kwargs))
     if method is not Method.exact:
         _run_matrix_free(method.value, run, seed=seed, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
                          resume=resume, overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps)
@@ -137,17 +138,6 @@ SETUP_OPTIONS = ("hidden", "epochs", "batch_size", "lr", "optimizer", "activatio
 def _given(ctx: typer.Context, names: Any) -> list[str]:
     return [n for n in names
             if getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")]
-
-
-def _builtin_run(recipe_kwargs: dict) -> Any:
-    """The digits MLP of the options, as the run to analyse."""
-    from trainmap.commands._recipe import LoadedRecipe
-    from trainmap.presets import digits_mlp
-
-    s = run_lens(lambda: digits_mlp(**recipe_kwargs))
-    d = s.data
-    return LoadedRecipe(s.recipe, s.theta0, {"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)},
-                        {})
 
 
 def _user_run(ctx: typer.Context, spec: str, args: Optional[List[str]]) -> Any:
