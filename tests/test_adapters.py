@@ -91,12 +91,14 @@ def test_flax_linen_mlp_takes_the_fast_path_and_equals_the_generic_path():
     _fast_and_generic(recipe, theta0, "gelu_tanh")
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_layers_named_out_of_call_order_are_chained_by_their_widths():
     x, y = _data()
     recipe, theta0 = recipe_from_flax(OutOfOrder(), x, y, _opt(), batch_size=8, epochs=2)
     _fast_and_generic(recipe, theta0, "relu")
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_flax_nnx_module_takes_the_fast_path():
     x, y = _data()
     recipe, theta0 = recipe_from_flax(NnxMLP(nnx.Rngs(1)), x, y, _opt(), batch_size=8, epochs=2)

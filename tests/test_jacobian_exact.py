@@ -154,6 +154,7 @@ def test_streaming_to_a_file_gives_the_in_memory_matrix(tmp_path, tiny, mode):
     assert [p.name for p in tmp_path.iterdir()] == ["J.npy"]  # no temporary file left behind
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_interrupted_streaming_leaves_no_file_and_resumes_from_chunks(tmp_path, tiny):
     recipe, theta0 = tiny
     ref = exact_jacobian(recipe, theta0, chunk_size=6, progress=False)

@@ -13,6 +13,7 @@ runner = CliRunner()
 TINY = ["jacobian", "--hidden", "2", "--epochs", "1", "--batch-size", "400", "--chunk-size", "80"]
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_reproduce_subset_then_subcommand_reuses_the_main_jacobian(tmp_path):
     out = tmp_path / "rep"
     res = runner.invoke(app, [*TINY, "reproduce", "--out", str(out), "--only", "change,seeds",

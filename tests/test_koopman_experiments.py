@@ -61,6 +61,7 @@ def test_cnn_early_small(tmp_path):
     assert (tmp_path / "window_heatmap.png").exists()
 
 
+@pytest.mark.slow  # opt-in: `pytest -m slow` (keeps the default suite under its budget)
 def test_grokking_small(tmp_path):
     s = grokking.run(tmp_path, p=11, seeds=(0, 1), steps=30, pca=4, delays=4, rank=4, d_model=16, n_heads=2,
                      d_mlp=32, long_p=None, n_permutations=9, progress=False)

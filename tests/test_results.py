@@ -97,3 +97,19 @@ def test_a_lens_refuses_to_write_into_another_lens_folder(tmp_path):
     with pytest.raises(FolderError, match="'jacobian' results"):
         write_results(p, {"c": 1}, {"s": 1}, kind="koopman-spectrum")
     assert json.loads((p / "summary.json").read_text())["n"] == 4
+
+
+def test_config_records_the_environment_and_a_resume_may_change_it(tmp_path):
+    from importlib.metadata import version
+
+    out = tmp_path / "env"
+    open_results(out, "new", kind="test", config={"lr": 0.1})
+    cfg = json.loads((out / "config.json").read_text())
+    env = cfg["environment"]
+    assert env["packages"]["jax"] == version("jax") and env["packages"]["numpy"] == version("numpy")
+    assert env["python"] and env["platform"]
+    cfg["environment"]["packages"]["numpy"] = "0.0-other"  # an upgraded package
+    (out / "config.json").write_text(json.dumps(cfg))
+    open_results(out, "resume", kind="test", config={"lr": 0.1})  # allowed
+    with pytest.raises(FolderError, match="lr"):
+        open_results(out, "resume", kind="test", config={"lr": 0.2})

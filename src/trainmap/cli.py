@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from trainmap.commands import analyze, check, jacobian, koopman, report, ribbon
+from trainmap.commands import analyze, check, jacobian, koopman, report, rerun, ribbon
 from trainmap.commands._common import DEBUG, USER_ERRORS, error_line
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(ribbon.app, name="ribbon")
 app.command(name="analyze")(analyze.analyze_command)
 app.command(name="report")(report.report_command)
 app.command(name="check")(check.check_command)
+app.command(name="rerun")(rerun.rerun_command)
 
 
 @app.callback()
@@ -54,6 +55,9 @@ def main() -> None:
     """Console-script entry point: one ``error: ...`` line and exit code 2 for a user error,
     exit code 130 for an interruption (``--resume`` continues), a traceback only with --debug."""
     signal.signal(signal.SIGTERM, _terminate)
+    from trainmap.results import RUN_COMMAND
+
+    RUN_COMMAND["args"] = sys.argv[1:]  # recorded in config.json: `trainmap rerun` replays it
     try:
         app()
     except KeyboardInterrupt as exc:

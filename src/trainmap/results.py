@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,12 @@ class ResultsFolder:
         return atomic_savefig(fig, self.file(name))
 
     def write_config(self, config: Mapping[str, Any]) -> Path:
-        """Write ``config.json`` (done by :func:`open_results` when it is given a config)."""
-        return self.save_json(CONFIG, dict(config))
+        """Write ``config.json`` (done by :func:`open_results` when it is given a config), with the
+        run's :func:`environment` under ``"environment"`` and, from the CLI, the command line under
+        ``"command"``."""
+        extra = ({COMMAND: {"args": list(RUN_COMMAND["args"]), "cwd": os.getcwd()}}
+                 if RUN_COMMAND["args"] is not None else {})
+        return self.save_json(CONFIG, {**dict(config), ENVIRONMENT: environment(), **extra})
 
     # ------------------------------------------------------------------ reads
     def load_array(self, name: str, mmap: bool = False) -> np.ndarray:
@@ -216,8 +221,37 @@ def _foreign(out: Path, man: dict | None) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name not in known and not _is_temp(p.name))
 
 
+#: the config.json key that records the software and machine of a run (not part of its identity:
+#: a resume after a package upgrade is allowed; the recipe's fingerprint still catches a changed program)
+ENVIRONMENT = "environment"
+#: the config.json key that records the trainmap command line that wrote a folder (``trainmap rerun``)
+COMMAND = "command"
+#: the running command's arguments, set by the CLI (``trainmap.cli.main``); None from Python
+RUN_COMMAND: dict[str, list[str] | None] = {"args": None}
+_PACKAGES = ("trainmap", "jax", "jaxlib", "numpy", "scipy", "optax")
+_IF_USED = ("torch", "flax", "equinox", "mnist1d")
+
+
+def environment() -> dict[str, Any]:
+    """Package versions (trainmap, jax, jaxlib, numpy, scipy, optax; torch, flax, equinox and mnist1d
+    when imported), Python and the platform, without importing anything."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    names = [*_PACKAGES, *(n for n in _IF_USED if n in sys.modules)]
+    return {"packages": {n: ver(n) for n in names}, "python": platform.python_version(),
+            "platform": platform.platform(), "machine": platform.machine()}
+
+
 def _config_diff(old: Mapping[str, Any], new: Mapping[str, Any], skip: tuple[str, ...]) -> list[str]:
-    keys = sorted((set(old) | set(new)) - set(skip))
+    keys = sorted((set(old) | set(new)) - set(skip) - {ENVIRONMENT, COMMAND})
     return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in keys
             if old.get(k, "(absent)") != new.get(k, "(absent)")]
 
