@@ -35,9 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainmap._progress import stage
-from trainmap.results import mode_of, open_results
+from trainmap.jacobian.regions import REGIONS, region_mask
+from trainmap.record.predictions import softmax
+from trainmap.results import mode_of, open_results, reopen
 
-REGION_ORDER = ("chaotic", "bulk", "stable")
 CAPTIONS = {
     "region_energy.png": "share of ‖θ_t − θ₀‖² in each region of J over training (the bulk's share is "
                          "the one to compare with its share of dimensions)",
@@ -46,17 +47,12 @@ CAPTIONS = {
 }
 
 
-def _probs(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
 def _region_energy(coords: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """coords: (R, P) = Vᵀ(θ_t − θ₀); codes: (P,) 0 stable, 1 bulk, 2 chaotic -> (R, 3) shares."""
+    """coords: (R, P) = Vᵀ(θ_t − θ₀); codes: (P,) region codes -> (R, 3) shares in the order of
+    :data:`~trainmap.jacobian.regions.REGIONS` (0 where θ_t = θ₀)."""
     sq = coords.astype(np.float64) ** 2
     total = np.maximum(sq.sum(1, keepdims=True), 1e-300)
-    return np.stack([sq[:, codes == c].sum(1) for c in (2, 1, 0)], axis=1) / total
+    return np.stack([sq[:, region_mask(codes, r)].sum(1) for r in REGIONS], axis=1) / total
 
 
 def analyze_run(
@@ -98,7 +94,7 @@ def analyze_run(
     Returns:
         The top-level summary (also ``summary.json``).
     """
-    from trainmap.jacobian.analysis import analyze, load_svd
+    from trainmap.jacobian.analysis import analyze
     from trainmap.koopman.analysis import ObservableConfig, spectrum
     from trainmap.koopman.figures import eigenvalue_figure
     from trainmap.ribbon.distances import bhattacharyya
@@ -124,12 +120,13 @@ def analyze_run(
     with stage("training once, recording θ_t and predictions", progress):
         rec = jax.jit(lambda th: recipe.run(th, k, probe=x_probe))(theta0)
         params = np.asarray(rec.params)  # (R, P)
-        probs = _probs(np.asarray(rec.probe_outputs, np.float64))  # (R, N, C)
+        probs = softmax(rec.probe_outputs, dtype=np.float64)  # (R, N, C)
         steps = np.asarray(rec.steps)
 
-    analyze(recipe, theta0, folder.dir("jacobian"), eval_sets=eval_sets, memory_budget_gb=memory_budget_gb,
-            resume=True, progress=progress)
-    dec = load_svd(folder.path / "jacobian")
+    js = analyze(recipe, theta0, folder.dir("jacobian"), eval_sets=eval_sets, memory_budget_gb=memory_budget_gb,
+                 resume=True, progress=progress)
+    jdir = reopen(folder.path / "jacobian")  # the joint views read Vᵀ and the regions (checksums verified)
+    Vt, codes = jdir.load_array("svd_Vt", mmap=True), jdir.load_array("regions")
 
     with stage("Koopman spectrum of the weight trajectory", progress):
         kdir = open_results(folder.dir("koopman"), "overwrite", kind="koopman",
@@ -149,12 +146,11 @@ def analyze_run(
                                                               "inpca_eigenvalues": emb.model.eigenvalues_})
 
     with stage("joint views: regions × trajectory, regions × Koopman, regions × ribbon", progress):
-        coords = (params - np.asarray(theta0)[None]) @ dec.Vt.T.astype(np.float64)  # (R, P)
-        energy = _region_energy(coords, dec.codes)
-        codes_of = {"chaotic": 2, "bulk": 1, "stable": 0}
+        coords = (params - np.asarray(theta0)[None]) @ np.asarray(Vt, np.float64).T  # (R, P)
+        energy = _region_energy(coords, codes)
         spectra: dict[str, np.ndarray] = {}
-        for name in REGION_ORDER:
-            c = coords[:, dec.codes == codes_of[name]]
+        for name in REGIONS:
+            c = coords[:, region_mask(codes, name)]
             if c.shape[1] == 0:
                 continue
             r = max(1, min(components, c.shape[1], len(steps) - 2))
@@ -162,8 +158,8 @@ def analyze_run(
         rng = np.random.default_rng(seed)
         scale = epsilon * float(np.linalg.norm(np.asarray(theta0)))
         starts, names = [], []
-        for name in REGION_ORDER:
-            basis = dec.Vt[dec.codes == codes_of[name]]
+        for name in REGIONS:
+            basis = np.asarray(Vt[region_mask(codes, name)])
             if basis.shape[0] == 0:
                 continue
             v = rng.normal(size=basis.shape[0]) @ basis
@@ -171,7 +167,7 @@ def analyze_run(
             names.append(name)
         run_probs = jax.jit(jax.vmap(lambda th: recipe.run(th, k, probe=x_probe, record_params=False).probe_outputs))(
             jnp.asarray(np.stack(starts), theta0.dtype))
-        pert = np.concatenate([probs[None], _probs(np.asarray(run_probs, np.float64))])  # (1 + n, R, N, C)
+        pert = np.concatenate([probs[None], softmax(run_probs, dtype=np.float64)])  # (1 + n, R, N, C)
         n_runs, R = pert.shape[:2]
         joint = joint_embedding(pert.reshape(n_runs * R, *pert.shape[2:]), np.asarray(y_probe),
                                 components=components, progress=False)
@@ -180,18 +176,14 @@ def analyze_run(
                       for i, name in enumerate(names)}
         figs = _figures(steps, energy, spectra, pert_emb, ["unperturbed", *names])
 
-    jsum = (folder.path / "jacobian" / "summary.json")
-    from trainmap._io import read_json
-
-    js = read_json(jsum)
     summary = {
         "num_params": P, "num_steps": T, "recorded_steps": int(len(steps)),
-        "jacobian": {r: {"count": js[r]["count"], "fraction": js[r]["fraction"]} for r in REGION_ORDER},
+        "jacobian": {r: {"count": js[r]["count"], "fraction": js[r]["fraction"]} for r in REGIONS},
         "sigma_max": js["sigma_max"],
         "koopman": {"abs_max": ksum["abs_max"], "num_eigenvalues": ksum["num_eigenvalues"]},
         "ribbon": {k2: v for k2, v in rsum.items() if k2 in ("chi_1", "chi_2", "chi_3")},
-        "energy_share_at_T": dict(zip(REGION_ORDER, map(float, energy[-1]))),
-        "dimension_share": {r: js[r]["fraction"] for r in REGION_ORDER},
+        "energy_share_at_T": dict(zip(REGIONS, map(float, energy[-1]))),
+        "dimension_share": {r: js[r]["fraction"] for r in REGIONS},
         "region_koopman_abs_max": {r: float(np.abs(v).max()) for r, v in spectra.items()},
         "perturbed_final_bhattacharyya": final_dist,
         "epsilon_norm": scale,
@@ -211,7 +203,7 @@ def _figures(steps: np.ndarray, energy: np.ndarray, spectra: Mapping[str, np.nda
 
     colors = {"chaotic": "C3", "bulk": "C0", "stable": "C2", "unperturbed": "k"}
     fig1, ax = plt.subplots(figsize=(5, 3.2))
-    for i, r in enumerate(REGION_ORDER):
+    for i, r in enumerate(REGIONS):
         ax.plot(steps, energy[:, i], label=r, color=colors[r])
     ax.set_xlabel("step t")
     ax.set_ylabel("share of ‖θ_t − θ₀‖²")

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 
 from trainmap.commands._common import run_lens
-from trainmap.commands._recipe import builtin_run
+from trainmap.commands._recipe import builtin_run, load_recipe
 from trainmap.optimizers import OPTIMIZERS
 
 app = typer.Typer(help="Training-Jacobian lens: J = dθ_T/dθ₀, its SVD and chaotic/bulk/stable regions.")
@@ -142,8 +142,6 @@ def _given(ctx: typer.Context, names: Any) -> list[str]:
 
 def _user_run(ctx: typer.Context, spec: str, args: Optional[List[str]]) -> Any:
     """The run of ``--recipe``; one error line for the digits-MLP options it makes meaningless."""
-    from trainmap.commands._recipe import load_recipe
-
     given = _given(ctx, SETUP_OPTIONS)
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)

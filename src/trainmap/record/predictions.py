@@ -31,12 +31,12 @@ from trainmap.record.torch import _torch
 
 
 # ----------------------------------------------------------------------------- helpers
-def softmax(logits: Any, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax in float64 (max subtracted), returned as float32."""
+def softmax(logits: Any, axis: int = -1, dtype: Any = np.float32) -> np.ndarray:
+    """Numerically stable softmax in float64 (max subtracted), returned as ``dtype`` (float32)."""
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(dtype)
 
 
 def probe_fingerprint(x: Any) -> str:
