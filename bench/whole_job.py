@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 QUICK = ["--hidden", "32", "--epochs", "5"]
 
@@ -39,7 +41,6 @@ QUICK = ["--hidden", "32", "--epochs", "5"]
 def _baseline_child(out: Path, quick: bool) -> None:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from trainmap._progress import stage
     from trainmap.presets import digits_mlp
@@ -109,8 +110,6 @@ def main(argv=None) -> dict:
                 row = _run(cmd, env)
                 row["stages"] = _stages(log)
                 if who == "baseline":  # jnp.linalg.svd returns NaN where LAPACK does not converge
-                    import numpy as np
-
                     row["sigma_finite"] = bool(np.all(np.isfinite(np.load(work / "base" / "singular_values.npy"))))
                 # resetting the high-water mark per stage also resets what wait4 reports: the
                 # process's peak is the largest of its stages' peaks

@@ -276,8 +276,8 @@ def render_report(run_dir: str | Path, *, interactive: bool = True, title: str |
     warn_html = ("<div class=\"warn\" id=\"warnings\"><h2>Warnings</h2><ul>"
                  + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>") if warnings else ""
     note_html = "".join(f'<div class="note">{html.escape(n)}</div>' for n in notes)
-    nav = (['<a href="#paper">against the paper</a>'] if comparison_html(summary) else []) + \
-        ['<a href="#summary">summary</a>']
+    paper_html = comparison_html(summary)
+    nav = (['<a href="#paper">against the paper</a>'] if paper_html else []) + ['<a href="#summary">summary</a>']
     if views:
         nav.append('<a href="#interactive">interactive views</a>')
     nav.append('<a href="#figures">figures</a>')
@@ -297,7 +297,7 @@ def render_report(run_dir: str | Path, *, interactive: bool = True, title: str |
 <nav>{''.join(nav)}</nav>
 {warn_html}{note_html}
 {_subreports_html(run_dir)}
-{comparison_html(summary)}
+{paper_html}
 <h2 id="summary">Summary</h2>{_table(headline, "headline")}
 {_interactive_html(views)}
 <h2 id="figures">Figures</h2>{''.join(figs) or '<p class="muted">No figures.</p>'}
