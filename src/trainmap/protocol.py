@@ -28,9 +28,15 @@ class TrainingMap(Protocol):
             once and returns each step's linear map stacked over steps (the exact engine's
             stored primal). ``layout`` splits the optimizer state into float and other leaves.
         check_theta(theta0): theta0 as an array, or a ValueError naming the expected shape.
+        train_with_losses(theta0): ``(θ_T (P,), losses (T,))``, the batch loss before each step.
+        predict(theta, x): the model's outputs (N, ...) at flat parameters ``theta``.
+        backend: ``"jax"`` when ``train``/``jvp``/``vjp`` are JAX-traceable (the engines may jit,
+            vmap and shard them, and read ``linearized_steps``); any other name (``"torch"``) makes
+            the engines call ``jvp``/``vjp`` on NumPy blocks and compute J column chunk by chunk.
     """
 
     num_params: int
+    backend: str
 
     @property
     def num_steps(self) -> int: ...
@@ -46,3 +52,12 @@ class TrainingMap(Protocol):
     def linearized_steps(self, theta0: Any, rule: Callable | None = None) -> tuple[Callable, Any]: ...
 
     def check_theta(self, theta0: Any) -> Any: ...
+
+    def train_with_losses(self, theta0: Any) -> tuple[Any, Any]: ...
+
+    def predict(self, theta: Any, x: Any) -> Any: ...
+
+
+def is_traceable(recipe: Any) -> bool:
+    """Whether the engines may trace ``recipe``'s functions with JAX (its ``backend`` is ``"jax"``)."""
+    return getattr(recipe, "backend", "jax") == "jax"

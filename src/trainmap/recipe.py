@@ -194,6 +194,9 @@ class Recipe:
     config: dict = field(default_factory=dict)
     project: Callable[[Params, Params], Params] | None = None
 
+    #: engines may trace this recipe's functions with JAX (see :class:`~trainmap.protocol.TrainingMap`)
+    backend = "jax"
+
     def __post_init__(self) -> None:
         batches = np.asarray(self.batches)
         n = np.shape(self.x)[0]
@@ -268,6 +271,14 @@ class Recipe:
                 f"y holds class labels outside [0, {C}): y[{bad[0]}] = {y[bad[0]]} ({bad.size} of {y.size} "
                 f"labels), but the model outputs {C} classes; fix the labels (integers 0..{C - 1}) "
                 "or widen the model's output layer")
+
+    def predict(self, theta: Any, x: Any) -> jax.Array:
+        """Model outputs (N, C) at flat parameters ``theta`` (P,); float inputs cast to theta's dtype."""
+        theta = jnp.asarray(theta)
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(theta.dtype)
+        return self.apply(self.unravel(theta), x)
 
     # ------------------------------------------------------------------ the pure pair
     def init(self, theta0: jax.Array) -> TrainState:
@@ -625,16 +636,23 @@ def evaluate(
         ``{"loss": float, "accuracy": float}``; accuracy in [0, 1].
     """
     theta = jnp.asarray(theta)
-    logits = apply(unravel(theta), jnp.asarray(x, dtype=theta.dtype))
-    labels = jnp.asarray(y)
+    return classification_metrics(apply(unravel(theta), jnp.asarray(x, dtype=theta.dtype)), y)
+
+
+def classification_metrics(logits: Any, y: Any) -> dict[str, float]:
+    """Cross-entropy loss and accuracy of outputs ``logits`` (N, C) against labels ``y`` (N,),
+    for any backend's outputs (NumPy, JAX). Returns ``{"loss": float, "accuracy": float}``."""
+    logits = jnp.asarray(np.asarray(logits))
+    labels = jnp.asarray(np.asarray(y))
     return {
         "loss": float(cross_entropy(logits, labels)),
         "accuracy": float(jnp.mean(jnp.argmax(logits, -1) == labels)),
     }
 
 
-def check_training(recipe: Recipe, theta0: jax.Array) -> tuple[jax.Array, np.ndarray]:
-    """Run training once and stop with a clear error if it diverged.
+def check_training(recipe: Any, theta0: Any) -> tuple[Any, np.ndarray]:
+    """Run training once (any :class:`~trainmap.protocol.TrainingMap`) and stop with a clear error
+    if it diverged.
 
     Returns:
         (theta_T (P,), per-step losses (T,) as NumPy).
@@ -643,12 +661,13 @@ def check_training(recipe: Recipe, theta0: jax.Array) -> tuple[jax.Array, np.nda
         TrainingDivergedError: if any loss or final parameter is NaN/inf; the message names the
             first bad step and suggests a smaller learning rate.
     """
-    if not bool(jnp.all(jnp.isfinite(jnp.asarray(theta0)))):
+    if not bool(np.all(np.isfinite(np.asarray(theta0)))):
         raise ValueError("theta0 contains NaN/inf values; initialise the parameters again")
-    theta_T, losses = jax.jit(recipe.train_with_losses)(theta0)
+    traceable = getattr(recipe, "backend", "jax") == "jax"
+    theta_T, losses = (jax.jit(recipe.train_with_losses) if traceable else recipe.train_with_losses)(theta0)
     losses = np.asarray(losses)
     bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size or not bool(jnp.all(jnp.isfinite(theta_T))):
+    if bad.size or not bool(np.all(np.isfinite(np.asarray(theta_T)))):
         first = int(bad[0]) if bad.size else recipe.num_steps
         raise TrainingDivergedError(
             f"training diverged: the loss became NaN/inf at step {first} of {recipe.num_steps}. "

@@ -29,7 +29,8 @@ from trainmap.jacobian import figures
 from trainmap.jacobian.exact import exact_jacobian, plan_engine
 from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.jacobian.regions import BULK_TOLERANCES, JacobianSVD, Thresholds, project_change, region_summary, svd
-from trainmap.recipe import Recipe, check_training, evaluate
+from trainmap.protocol import TrainingMap
+from trainmap.recipe import check_training, classification_metrics
 from trainmap.results import ResultsFolder, mode_of, open_results, reopen
 
 CAPTIONS = {
@@ -43,7 +44,7 @@ CAPTIONS = {
 
 
 def train_and_record(
-    recipe: Recipe, theta0: Any, folder: ResultsFolder, dtype: np.dtype,
+    recipe: TrainingMap, theta0: Any, folder: ResultsFolder, dtype: np.dtype,
     eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Train once (stopping on divergence), evaluate before/after, save θ₀, θ_T and the losses.
@@ -53,10 +54,10 @@ def train_and_record(
     """
     sets = dict(eval_sets) if eval_sets is not None else {"train": (recipe.x, recipe.y)}
     with precision_context(dtype):
-        th0 = jnp.asarray(theta0, dtype=dtype)
+        th0 = recipe.check_theta(jnp.asarray(theta0, dtype=dtype))
         thT, losses = check_training(recipe, th0)
-        metrics = {name: {"before": evaluate(recipe.apply, recipe.unravel, th0, x, y),
-                          "after": evaluate(recipe.apply, recipe.unravel, thT, x, y)}
+        metrics = {name: {"before": classification_metrics(recipe.predict(th0, x), y),
+                          "after": classification_metrics(recipe.predict(thT, x), y)}
                    for name, (x, y) in sets.items()}
     th0_np, thT_np = np.asarray(th0), np.asarray(thT)
     folder.save_array("theta0", th0_np)
@@ -98,7 +99,7 @@ def load_svd(run_dir: str | Path) -> JacobianSVD:
 
 
 def analyze(
-    recipe: Recipe,
+    recipe: TrainingMap,
     theta0: Any,
     out_dir: str | Path,
     *,
@@ -119,7 +120,8 @@ def analyze(
     """Compute, decompose and report the exact training Jacobian of ``recipe`` from ``theta0``.
 
     Args:
-        recipe: any :class:`~trainmap.recipe.Recipe` (your own model, loss, optimizer, data).
+        recipe: any :class:`~trainmap.protocol.TrainingMap`: a JAX :class:`~trainmap.recipe.Recipe`
+            or a :func:`trainmap.torch.torch_recipe` (your own model, loss, optimizer, data).
         theta0: (P,) initial flat parameters.
         out_dir: results folder (created).
         eval_sets: ``{"train": (x, y), "test": (x, y), ...}`` classification sets on which loss
@@ -178,7 +180,7 @@ def analyze(
         return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
 
 
-def _engine_summary(recipe: Recipe, theta0: np.ndarray, dt: np.dtype, mode: str, primal: str,
+def _engine_summary(recipe: TrainingMap, theta0: np.ndarray, dt: np.dtype, mode: str, primal: str,
                     chunk_size: int | None, memory_budget_gb: float) -> dict:
     """How the exact engine computed J (its plan is cached with the recipe: nothing is recompiled)."""
     with precision_context(dt):

@@ -27,7 +27,7 @@ from trainmap.jacobian.exact import engine as _engine
 from trainmap.jacobian.exact.checkpoint import ChunkStore, fingerprint
 from trainmap.jacobian.exact.plan import EnginePlan, _jvp_columns, plan_engine
 from trainmap.jacobian.precision import check_dtype, precision_context
-from trainmap.protocol import TrainingMap
+from trainmap.protocol import TrainingMap, is_traceable
 from trainmap.recipe import TrainingDivergedError
 
 
@@ -174,6 +174,17 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, K:
         local = (lambda k: _engine.reverse_rows(sp, k)) if rows_of_J else \
             (lambda k: _engine.forward_columns(sp, k))
         program, arg = _engine.sharded(local, K, devs), sp.residuals
+    elif not is_traceable(recipe):  # another backend: its own jvp on chunks of basis vectors
+        dt = np.dtype(theta0.dtype)
+
+        def program(th: Any, start: Any) -> np.ndarray:
+            V = np.zeros((K, P), dtype=dt)
+            s0 = int(start)
+            n = min(K, P - s0)
+            V[np.arange(n), s0 + np.arange(n)] = 1
+            return recipe.jvp(th, V)
+
+        arg = np.asarray(theta0)
     else:
         program = _engine.sharded(lambda k: _jvp_columns(recipe.train, P, k), K, devs)
         arg = theta0

@@ -11,7 +11,7 @@ import numpy as np
 
 from trainmap._io import release_memory
 from trainmap.jacobian.exact import engine as _engine
-from trainmap.protocol import TrainingMap
+from trainmap.protocol import TrainingMap, is_traceable
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -66,6 +66,11 @@ def choose_chunk_size(
         )
     return int(max(1, min(fit, max_chunk, P)))
 
+
+#: default chunk for backends that JAX cannot trace (torch): each chunk is one vmapped jvp through
+#: the run. On the reference MLP (2-core CPU) K = 64..256 ran within 10% of each other
+#: (bench/torch_backend.py --chunks).
+GENERIC_CHUNK = 128
 
 # ----------------------------------------------------------------------------- engine
 MODES = ("auto", "forward", "reverse")
@@ -144,6 +149,13 @@ def plan_engine(
     P = recipe.num_params
     mode = "forward" if mode == "auto" else mode
     spec = None
+    if not is_traceable(recipe):
+        # the engine calls recipe.jvp on chunks of basis vectors: forward mode, primal per chunk
+        if mode == "reverse" or primal == "shared":
+            raise ValueError(f"the {recipe.backend} backend computes J by chunks of Jacobian-vector products: "
+                             "use mode='forward' and primal='per_chunk' (or 'auto')")
+        K = min(int(chunk_size) if chunk_size else GENERIC_CHUNK, P)
+        return EnginePlan("forward", "per_chunk", K, 1, 0)
     if getattr(recipe, "project", None) is not None:
         # the stored linearisations start from a zero optimizer-state tangent, but a projection
         # reads θ₀ itself; differentiate the whole run per chunk instead

@@ -29,7 +29,7 @@ import numpy as np
 
 from trainmap.jacobian.matrix_free.distributed import shard_rows, vector_mesh
 from trainmap.jacobian.precision import check_dtype, precision_context
-from trainmap.protocol import TrainingMap
+from trainmap.protocol import TrainingMap, is_traceable
 
 # compiled kernels per recipe, so that operators built again for the same recipe (a resumed run,
 # tests) reuse XLA's compilation instead of tracing new closures
@@ -50,7 +50,10 @@ def _kernels(recipe: TrainingMap, segment: int | None, mesh: Any) -> tuple[Calla
             JV = jvp_f(theta0, V)
             return vjp_f(theta0, JV), JV
 
-        per_recipe[key] = (shard_rows(jvp_f, mesh), shard_rows(vjp_f, mesh), shard_rows(gram_f, mesh))
+        if is_traceable(recipe):
+            per_recipe[key] = (shard_rows(jvp_f, mesh), shard_rows(vjp_f, mesh), shard_rows(gram_f, mesh))
+        else:  # another backend (torch): its own products on NumPy blocks, on its own device
+            per_recipe[key] = (jvp_f, vjp_f, gram_f)
     return per_recipe[key]
 
 

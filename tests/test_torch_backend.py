@@ -1,0 +1,324 @@
+"""The PyTorch TrainingMap backend: torch.optim mirrors, the same run in JAX and in PyTorch, the
+engines through the protocol, DataLoader orders, and one-line errors."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch backend needs the optional extra trainmap[torch]")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+from torch import nn  # noqa: E402
+
+from trainmap.data import load_digits  # noqa: E402
+from trainmap.jacobian import exact_jacobian  # noqa: E402
+from trainmap.jacobian.matrix_free.operator import TrainingOperator  # noqa: E402
+from trainmap.jacobian.regions import region_summary, svd  # noqa: E402
+from trainmap.models import mlp  # noqa: E402
+from trainmap.recipe import Recipe, make_recipe  # noqa: E402
+from trainmap.torch import TorchFuncError, loader_batches, record_batches, torch_recipe  # noqa: E402
+
+DIGITS = load_digits()
+X = DIGITS.x_train[:320].astype(np.float32)
+Y = DIGITS.y_train[:320].astype(np.int64)
+
+
+def _mlp(seed: int = 0, hidden: int = 16) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+
+
+def _theta_T_of_torch_optim(model, opt, batches, sched=None, every=1):
+    loss = nn.CrossEntropyLoss()
+    x, y = torch.tensor(X), torch.tensor(Y)
+    for t, idx in enumerate(batches):
+        opt.zero_grad()
+        loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+        if sched is not None and (t + 1) % every == 0:
+            sched.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+
+
+OPTIMIZERS = {
+    "sgd-momentum-dampening": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1,
+                                                         weight_decay=1e-3), None),
+    "sgd-nesterov-cosine": (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+                            lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 20)),
+    "adam": (lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3), None),
+    "adam-amsgrad-step": (lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
+                          lambda o: torch.optim.lr_scheduler.StepLR(o, 5, gamma=0.5)),
+    "adamw-maximize-off": (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), None),
+    "rmsprop-centered-momentum": (lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5, centered=True,
+                                                                weight_decay=1e-4), None),
+    "rmsprop-plain": (lambda p: torch.optim.RMSprop(p, lr=1e-3), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_functional_optimizer_equals_torch_optim(name):
+    make_opt, make_sched = OPTIMIZERS[name]
+    batches = np.random.default_rng(0).integers(0, len(X), (20, 32))
+    model = _mlp()
+    opt = make_opt(model.parameters())
+    sched = make_sched(opt) if make_sched else None
+    recipe, theta0 = torch_recipe(model, opt, nn.CrossEntropyLoss(), X, Y, batches, scheduler=sched)
+    ours = recipe.train(theta0)
+    ref = _theta_T_of_torch_optim(model, opt, batches, sched)
+    assert np.max(np.abs(ours - ref)) <= 1e-6 * np.max(np.abs(ref))
+
+
+def test_param_groups_and_a_per_epoch_scheduler():
+    batches = np.random.default_rng(1).integers(0, len(X), (12, 16))
+    model = _mlp()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.05},
+                           {"params": model[2].parameters(), "lr": 0.2, "momentum": 0.5}], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5 ** e)
+    recipe, theta0 = torch_recipe(model, opt, nn.CrossEntropyLoss(), X, Y, batches, scheduler=sched,
+                                  scheduler_every=4)
+    assert recipe.lrs.shape == (12, 2) and recipe.lrs[4, 1] == pytest.approx(0.1)
+    assert opt.param_groups[1]["lr"] == 0.2  # the user's optimizer and scheduler are left as they were
+    ours = recipe.train(theta0)
+    ref = _theta_T_of_torch_optim(model, opt, batches, sched, every=4)
+    assert np.max(np.abs(ours - ref)) <= 1e-6 * np.max(np.abs(ref))
+
+
+# ---------------------------------------------------------------------------- the same run in JAX
+def _jax_layout(model: nn.Module) -> np.ndarray:
+    """The torch Linear stack's parameters in trainmap's JAX MLP layout ([{b, w: (in, out)}, ...])."""
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    tree = [{"b": jnp.asarray(m.bias.detach().numpy()), "w": jnp.asarray(m.weight.detach().numpy().T)}
+            for m in layers]
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+def _torch_to_jax_perm(model: nn.Module) -> np.ndarray:
+    """perm such that theta_jax = theta_torch[perm]."""
+    sizes = [p.numel() for p in model.parameters()]
+    index = np.arange(sum(sizes), dtype=np.float32)
+    chunks = np.split(index, np.cumsum(sizes)[:-1])
+    tree, i = [], 0
+    for m in model:
+        if isinstance(m, nn.Linear):
+            w = chunks[i].reshape(m.weight.shape).T
+            tree.append({"b": jnp.asarray(chunks[i + 1]), "w": jnp.asarray(w)})
+            i += 2
+    return np.asarray(ravel_pytree(tree)[0]).astype(np.int64)
+
+
+def _compare_jacobians(J_t, J_j, perm):
+    J_t_in_jax = J_t[np.ix_(perm, perm)]
+    rel = np.linalg.norm(J_t_in_jax - J_j) / np.linalg.norm(J_j)
+    a, b = region_summary(svd(J_t_in_jax)), region_summary(svd(J_j))
+    return rel, a, b
+
+
+def test_the_same_mlp_run_in_jax_and_in_torch_sgd_momentum():
+    model = _mlp(0)
+    batches = np.random.default_rng(0).integers(0, len(X), (40, 32))
+    recipe_t, th0_t = torch_recipe(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                                   nn.CrossEntropyLoss(), X, Y, batches)
+    net = mlp((64, 16, 10), activation="tanh")
+    _, unravel = ravel_pytree(net.init(jax.random.key(0)))
+    th0_j = _jax_layout(model)
+    recipe_j = make_recipe(net.apply, unravel, th0_j.size, X, Y, optax.sgd(0.1, momentum=0.9),
+                           batch_size=32, epochs=1).with_data(batches=batches)
+    perm = _torch_to_jax_perm(model)
+    np.testing.assert_array_equal(th0_t[perm], th0_j)
+    thT_t, thT_j = recipe_t.train(th0_t)[perm], np.asarray(recipe_j.train(jnp.asarray(th0_j)))
+    assert np.max(np.abs(thT_t - thT_j)) <= 1e-6 * np.max(np.abs(thT_j))
+    J_t = exact_jacobian(recipe_t, th0_t, progress=False)
+    J_j = exact_jacobian(recipe_j, th0_j, progress=False)
+    rel, a, b = _compare_jacobians(J_t, J_j, perm)
+    assert rel <= 1e-5
+    assert [a[r]["count"] for r in ("chaotic", "bulk", "stable")] == [b[r]["count"] for r in ("chaotic", "bulk", "stable")]
+
+
+class _TorchCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2 * 6 * 6, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.reshape(-1, 1, 8, 8)))
+        return self.fc(h.reshape(h.shape[0], -1))
+
+
+def _jax_cnn_apply(sizes, shapes):
+    """The same CNN in JAX, on torch's flat layout (conv.weight OIHW, conv.bias, fc.weight, fc.bias)."""
+    def apply(theta, x):
+        cw, cb, fw, fb = [c.reshape(s) for c, s in zip(jnp.split(theta, np.cumsum(sizes)[:-1]), shapes)]
+        h = jax.lax.conv_general_dilated(x.reshape(-1, 1, 8, 8), cw, (1, 1), "VALID",
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        h = jax.nn.relu(h + cb[None, :, None, None])
+        return h.reshape(h.shape[0], -1) @ fw.T + fb
+    return apply
+
+
+def _cnn_pair(dtype):
+    torch.manual_seed(3)
+    model = _TorchCNN().to(dtype)
+    batches = np.random.default_rng(2).integers(0, len(X), (15, 32))
+    recipe_t, th0 = torch_recipe(model, torch.optim.Adam(model.parameters(), lr=3e-3),
+                                 nn.CrossEntropyLoss(), torch.tensor(X, dtype=dtype), Y, batches)
+    sizes = [p.numel() for p in model.parameters()]
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    # eps_root: √v's derivative at v = 0 (dead pixels); 1e-30 changes no float32 value
+    recipe_j = Recipe(_jax_cnn_apply(sizes, shapes), lambda o, y: optax.softmax_cross_entropy_with_integer_labels(
+        o, y).mean(), optax.adam(3e-3, eps_root=1e-30), X.astype(th0.dtype), Y, batches, lambda t: t,
+        int(sum(sizes)))
+    return recipe_t, recipe_j, th0
+
+
+def test_the_same_cnn_run_in_jax_and_in_torch_adam():
+    from trainmap.jacobian.precision import precision_context
+
+    recipe_t, recipe_j, th0 = _cnn_pair(torch.float64)
+    with precision_context(np.float64):
+        thT_j = np.asarray(recipe_j.train(jnp.asarray(th0)))
+    assert np.linalg.norm(recipe_t.train(th0) - thT_j) <= 1e-12 * np.linalg.norm(thT_j)  # the same arithmetic
+    J64_t = exact_jacobian(recipe_t, th0, dtype=np.float64, progress=False)
+    J64_j = exact_jacobian(recipe_j, th0, dtype=np.float64, progress=False)
+    assert np.linalg.norm(J64_t - J64_j) <= 1e-10 * np.linalg.norm(J64_j)
+    recipe_t, recipe_j, th0 = _cnn_pair(torch.float32)
+    thT_t, thT_j = recipe_t.train(th0), np.asarray(recipe_j.train(jnp.asarray(th0)))
+    # in float32, optax computes Adam's bias correction 1 - β^t in float32 and torch in double,
+    # and Adam's division by √v + eps magnifies that where v is small: 1e-5 in norm; against the
+    # float64 J, torch's float32 J is the closer of the two (measured 6.8e-6 against optax's 5e-4)
+    assert np.linalg.norm(thT_t - thT_j) <= 1e-5 * np.linalg.norm(thT_j)
+    J_t = exact_jacobian(recipe_t, th0, progress=False)
+    rel, a, b = _compare_jacobians(J_t, J64_j, np.arange(th0.size))
+    assert rel <= 1e-5
+    assert [a[r]["count"] for r in ("chaotic", "bulk", "stable")] == [b[r]["count"] for r in ("chaotic", "bulk", "stable")]
+
+
+# ---------------------------------------------------------------------------- the engines
+def _small(opt=lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), dtype=torch.float32, model=None):
+    model = _mlp(1, hidden=4) if model is None else model
+    model = model.to(dtype)
+    batches = np.random.default_rng(4).integers(0, len(X), (12, 16))
+    x = torch.tensor(X, dtype=dtype)
+    return torch_recipe(model, opt(model.parameters()), nn.CrossEntropyLoss(), x, Y, batches)
+
+
+def test_products_against_float64_finite_differences_and_each_other():
+    recipe, th0 = _small(dtype=torch.float64, opt=lambda p: torch.optim.Adam(p, lr=1e-2))
+    rng = np.random.default_rng(0)
+    V, W = rng.standard_normal((2, recipe.num_params)), rng.standard_normal((3, recipe.num_params))
+    JV = recipe.jvp(th0, V)
+    eps = 1e-6
+    fd = (recipe.train(th0 + eps * V[0]) - recipe.train(th0 - eps * V[0])) / (2 * eps)
+    assert np.max(np.abs(fd - JV[0])) <= 1e-6 * np.max(np.abs(fd))
+    for segment in (None, 0, 5):  # rematerialised segments change nothing
+        JtW = recipe.vjp(th0, W, segment=segment)
+        np.testing.assert_allclose(W @ JV.T, JtW @ V.T, rtol=1e-10)
+    J = exact_jacobian(recipe, th0, dtype=np.float64, chunk_size=7, progress=False)
+    np.testing.assert_allclose(J @ V.T, JV.T, rtol=1e-10, atol=1e-12)
+
+
+def test_matrix_free_operator_and_checkpointed_exact_jacobian(tmp_path):
+    recipe, th0 = _small()
+    op = TrainingOperator(recipe, th0)
+    J = exact_jacobian(recipe, th0, progress=False)
+    V = np.random.default_rng(5).standard_normal((4, recipe.num_params)).astype(np.float32)
+    JtJV, JV = op.gram(V)
+    np.testing.assert_allclose(JV, V @ J.T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(JtJV, JV @ J, rtol=1e-4, atol=1e-4)
+    ckpt = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        exact_jacobian(recipe, th0, chunk_size=100, checkpoint_dir=ckpt, stop_after=2, progress=False)
+    J2 = exact_jacobian(recipe, th0, chunk_size=100, checkpoint_dir=ckpt, resume=True, progress=False)
+    np.testing.assert_array_equal(J2, exact_jacobian(recipe, th0, chunk_size=100, progress=False))
+
+
+def test_analyze_writes_a_results_folder_for_a_torch_run(tmp_path):
+    from trainmap.jacobian import analyze
+
+    recipe, th0 = _small()
+    summary = analyze(recipe, th0, tmp_path / "run", progress=False)
+    assert sum(summary[r]["count"] for r in ("chaotic", "bulk", "stable")) == recipe.num_params
+    assert summary["engine"]["primal"] == "per_chunk"
+    import json
+
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["backend"] == "torch" and cfg["optimizer"]["name"] == "SGD"
+    assert cfg["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_batchnorm_buffers_follow_torch_training():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 10))
+    batches = np.random.default_rng(6).integers(0, len(X), (10, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    recipe, th0 = torch_recipe(model, opt, nn.CrossEntropyLoss(), X, Y, batches)
+    out = recipe.run(th0)
+    ref = _theta_T_of_torch_optim(model, opt, batches)
+    assert np.max(np.abs(out["theta_T"] - ref)) <= 1e-6 * np.max(np.abs(ref))
+    np.testing.assert_allclose(out["buffers"]["1.running_mean"], model[1].running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(out["theta_T"], recipe.train(th0))
+
+
+# ---------------------------------------------------------------------------- data order
+class _Indexed(torch.utils.data.Dataset):
+    def __len__(self):
+        return 50
+
+    def __getitem__(self, i):
+        return torch.tensor(float(i)), i
+
+
+def test_dataloader_order_is_the_one_the_loop_sees():
+    loader = torch.utils.data.DataLoader(_Indexed(), batch_size=8, shuffle=True, drop_last=True)
+    torch.manual_seed(7)
+    replayed = loader_batches(loader, epochs=3)
+    seen = []
+    with record_batches(loader) as order:
+        for _ in range(3):
+            for _, idx in loader:
+                seen.append(idx.numpy())
+    np.testing.assert_array_equal(replayed, np.stack(seen))
+    np.testing.assert_array_equal(order.batches, np.stack(seen))
+    assert replayed.shape == (18, 8)
+    partial = torch.utils.data.DataLoader(_Indexed(), batch_size=8)
+    with pytest.raises(ValueError, match="drop_last=True"):
+        loader_batches(partial, epochs=1)
+
+
+# ---------------------------------------------------------------------------- one-line errors
+class _InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += self.fc.weight.sum()  # mutates a buffer with a value that carries tangents
+        return self.fc(x)
+
+
+def test_errors_are_one_clear_line():
+    batches = np.zeros((2, 4), np.int64)
+    sgd = lambda m: torch.optim.SGD(m.parameters(), lr=0.1)  # noqa: E731
+    with pytest.raises(TorchFuncError, match="in-place"):
+        m = _InPlace()
+        torch_recipe(m, sgd(m), nn.CrossEntropyLoss(), X, Y, batches)
+    m = nn.Sequential(nn.Linear(64, 8), nn.Dropout(0.5), nn.Linear(8, 10))
+    with pytest.raises(ValueError, match="Dropout.*training mode"):
+        torch_recipe(m, sgd(m), nn.CrossEntropyLoss(), X, Y, batches)
+    m = _mlp()
+    with pytest.raises(ValueError, match="not supported; use one of torch.optim.SGD"):
+        torch_recipe(m, torch.optim.Adagrad(m.parameters()), nn.CrossEntropyLoss(), X, Y, batches)
+    with pytest.raises(ValueError, match="x is torch.float64 but the model's parameters are torch.float32"):
+        torch_recipe(m, sgd(m), nn.CrossEntropyLoss(), torch.tensor(X, dtype=torch.float64), Y, batches)
+    with pytest.raises(ValueError, match="x is on meta but the model is on cpu"):
+        torch_recipe(m, sgd(m), nn.CrossEntropyLoss(), torch.empty((320, 64), device="meta"), Y, batches)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)  # a momentum buffer is state
+    nn.CrossEntropyLoss()(m(torch.tensor(X[:4])), torch.tensor(Y[:4])).backward()
+    opt.step()
+    with pytest.raises(ValueError, match="freshly built optimizer"):
+        torch_recipe(m, opt, nn.CrossEntropyLoss(), X, Y, batches)
+    with pytest.raises(ValueError, match="batch indices must lie in"):
+        torch_recipe(m, sgd(m), nn.CrossEntropyLoss(), X, Y, batches + 1000)
