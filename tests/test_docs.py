@@ -72,11 +72,11 @@ def test_tutorial_jax_runs(tmp_path, monkeypatch):
 def test_tutorial_pytorch_runs(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     ns = _run_blocks("tutorial_pytorch.md", tmp_path, monkeypatch)
-    assert ns["slow"].shape == (4, 31, 170) and ns["preds"].shape == (8, 31, 32, 10)
-    assert 0 < ns["res"].test.p_value <= 1
-    assert ns["inpca"].embedding_.shape == (248, 3)
-    assert ns["summary"]["num_params"] == 310
-    for name in ("slow.zarr", "fast.zarr", "predictions.zarr", "jacobian/report.html"):
+    assert ns["summary"]["num_params"] == 610 and ns["recipe"].num_steps == 32
+    assert ns["traj"].shape == (1, 33, 610) and ns["ribbon"].shape == (1, 17, 64, 10)
+    assert ns["inpca"].embedding_.shape == (17, 3)
+    assert ns["both"].shape == (6, 9, 64, 10) and 0 < ns["res"].test.p_value <= 1
+    for name in ("weights.zarr", "predictions.zarr", "jacobian/report.html"):
         assert (tmp_path / "results" / "tutorial-torch" / name).exists(), name
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,3 +44,13 @@ def test_readme_flax_example_runs_and_takes_the_fast_path(tmp_path, monkeypatch)
     summary = namespace["summary"]
     assert summary["num_params"] == 64 * 32 + 32 + 32 * 10 + 10
     assert (summary["engine"]["rules"], summary["engine"]["activation"]) == ("mlp", "gelu_tanh")
+
+
+def test_readme_pytorch_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    code = re.search(r"A PyTorch run goes through the same engines.*?```python\n(.*?)```", _readme(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["summary"]["num_params"] == 1210 and ns["recipe"].num_steps == 1600 // 64
+    assert (tmp_path / "results" / "my-torch-model" / "summary.json").exists()

@@ -10,7 +10,7 @@ from trainmap.record import ArrayRecorder, Trajectory, from_arrays, pytree_layou
 
 def test_record_recipe_matches_recipe_run_and_selects_layers(tmp_path):
     recipe, theta0 = tiny_recipe()
-    traj = record_recipe(recipe, [theta0, theta0 * 0.5], record_every=2, layers=["1"], labels=["a", "b"])
+    traj = record_recipe(recipe, [theta0, theta0 * 0.5], every=2, layers=["1"], labels=["a", "b"])
     ref = recipe.run(theta0, record_every=2)
     table = pytree_layout(recipe.unravel(theta0))
     # independent route: slice the full recorded parameters by the "1.*" entries of the table
@@ -27,7 +27,7 @@ def test_record_recipe_matches_recipe_run_and_selects_layers(tmp_path):
 
 def test_record_all_parameters_by_default():
     recipe, theta0 = tiny_recipe(epochs=1)
-    traj = record_recipe(recipe, theta0, record_every=1)
+    traj = record_recipe(recipe, theta0, every=1)
     assert traj.shape == (1, recipe.num_steps + 1, recipe.num_params)
     np.testing.assert_allclose(traj.features[0, 0], np.asarray(theta0))
     with pytest.raises(ValueError, match="available layers"):

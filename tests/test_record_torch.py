@@ -20,7 +20,7 @@ def _train(seed: int, lr: float, steps: int = 40):
     y = (x[:, 0] > 0).long()
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    with TorchRecorder(model, every=1, include=["2"], optimizer=opt, label=f"lr{lr}-s{seed}") as rec:
+    with TorchRecorder(model, every=1, layers=["2"], optimizer=opt, label=f"lr{lr}-s{seed}") as rec:
         for _ in range(steps):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -36,7 +36,7 @@ def test_recorder_records_named_parameters_every_step():
     last = np.concatenate([model[2].weight.detach().numpy().ravel(), model[2].bias.detach().numpy()])
     np.testing.assert_allclose(traj.features[0, -1], last, rtol=1e-6)
     with pytest.raises(ValueError, match="not in the model"):
-        TorchRecorder(model, include=["fc9"])
+        TorchRecorder(model, layers=["fc9"])
 
 
 def test_recorder_every_k_and_manual_use():
@@ -62,3 +62,31 @@ def test_torch_trajectories_through_koopman_compare(tmp_path):
     assert summary["test"]["exact"] and 0 < summary["test"]["p_value"] <= 1
     assert (out / "report.html").exists() and (out / "spectra.png").exists()
     assert "distinguishable" in res.output
+
+
+def test_one_vocabulary_for_which_steps_and_which_layers():
+    from trainmap.record import PredictionTrajectory, TorchPredictionRecorder
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    probe = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TorchRecorder(model, steps=[0, 2, 5], layers=["2"], optimizer=opt) as w, \
+            TorchPredictionRecorder(model, probe, every=2, optimizer=opt) as p:
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.tensor(probe)).sum().backward()
+            opt.step()
+    assert w.to_trajectory().steps.tolist() == [0, 2, 5] and w.every is None
+    assert p.to_trajectory().steps.tolist() == [0, 2, 4]
+    with pytest.warns(DeprecationWarning, match="include= is now called layers="):
+        old = TorchRecorder(model, include=["2"])
+    assert old.names == ["2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="exactly one of steps"):
+        TorchPredictionRecorder(model, probe, steps=[0], every=2)
+    # prediction trajectories stack like weight trajectories, and refuse another probe set
+    a = p.to_trajectory()
+    both = stack_trajectories([a, a], labels=["x", "y"])
+    assert isinstance(both, PredictionTrajectory) and both.shape == (2, 3, 4, 2) and both.labels == ["x", "y"]
+    other = PredictionTrajectory(np.asarray(a.probs), a.steps, meta={"probe": "elsewhere"})
+    with pytest.raises(ValueError, match="another probe set"):
+        stack_trajectories([a, other])

@@ -322,3 +322,67 @@ def test_errors_are_one_clear_line():
         torch_recipe(m, opt, nn.CrossEntropyLoss(), X, Y, batches)
     with pytest.raises(ValueError, match="batch indices must lie in"):
         torch_recipe(m, sgd(m), nn.CrossEntropyLoss(), X, Y, batches + 1000)
+
+
+RECIPE_FILE = '''
+import numpy as np, torch
+from torch import nn
+from trainmap.data import load_digits
+from trainmap.torch import torch_recipe
+
+
+def run(hidden=4):
+    d = load_digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+    batches = np.random.default_rng(0).integers(0, 200, (10, 20))
+    return torch_recipe(model, torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9), nn.CrossEntropyLoss(),
+                        d.x_train[:200], d.y_train[:200].astype(np.int64), batches)
+'''
+
+
+def test_cli_recipe_runs_a_torch_run_exactly_and_matrix_free(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from trainmap.cli import app
+
+    (tmp_path / "my_torch_run.py").write_text(RECIPE_FILE)
+    spec = f"{tmp_path / 'my_torch_run.py'}:run"
+    res = CliRunner().invoke(app, ["jacobian", "--recipe", spec, "--recipe-arg", "hidden=3", "--out",
+                                   str(tmp_path / "exact")])
+    assert res.exit_code == 0, res.output
+    exact = json.loads((tmp_path / "exact" / "summary.json").read_text())
+    assert exact["num_params"] == 64 * 3 + 3 + 3 * 10 + 10
+    res = CliRunner().invoke(app, ["jacobian", "--recipe", spec, "--recipe-arg", "hidden=3", "--method", "lanczos",
+                                   "--rank", "3", "--probes", "4", "--lanczos-steps", "30", "--out",
+                                   str(tmp_path / "mf")])
+    assert res.exit_code == 0, res.output
+    mf = json.loads((tmp_path / "mf" / "summary.json").read_text())
+    top = np.asarray(mf["top"]["sigma"][:3]) if "top" in mf else None
+    S = np.load(tmp_path / "exact" / "singular_values.npy")
+    assert top is not None and np.allclose(top, S[:3], rtol=1e-3), (top, S[:3])
+
+
+def test_experiments_take_a_torch_run_where_they_apply_and_refuse_the_rest(tmp_path):
+    from trainmap.jacobian.experiments import parameter_change, perturbation_response
+
+    recipe, th0 = _small()
+    s = parameter_change(recipe, th0, tmp_path / "change", progress=False)
+    shares = [v["energy_fraction"] for v in s["regions"].values() if v["energy_fraction"] is not None]
+    assert abs(sum(shares) - 1) < 1e-5
+    np.testing.assert_allclose(s["change_norm"], np.linalg.norm(recipe.train(th0) - th0), rtol=1e-6)
+    with pytest.raises(ValueError, match="perturbation_response needs a JAX recipe"):
+        perturbation_response(recipe, th0, tmp_path / "perturb")
+
+
+def test_device_option_moves_the_recipe_not_the_model():
+    model = _mlp(2, hidden=4)
+    batches = np.random.default_rng(8).integers(0, len(X), (5, 16))
+    opt = lambda: torch.optim.SGD(model.parameters(), lr=0.1)  # noqa: E731
+    here, th0 = torch_recipe(model, opt(), nn.CrossEntropyLoss(), X, Y, batches)
+    auto, th0b = torch_recipe(model, opt(), nn.CrossEntropyLoss(), X, Y, batches, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert auto.device.type == expected and auto.config["device"].startswith(expected)
+    np.testing.assert_allclose(auto.train(th0b), here.train(th0), rtol=1e-5, atol=1e-6)

@@ -62,7 +62,7 @@ def analyze_run(
     *,
     probe: tuple[Any, Any] | None = None,
     eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
-    record_every: int | None = None,
+    every: int | None = None,
     epsilon: float = 0.1,
     components: int = 5,
     seed: int = 0,
@@ -81,7 +81,7 @@ def analyze_run(
         probe: (x (N, ...), y (N,)) inputs whose predictions are recorded (default: the first 256
             training samples).
         eval_sets: passed to the Jacobian lens (default: the recipe's data).
-        record_every: steps between recorded points (default: T // 50, at least 1).
+        every: steps between recorded points (default: T // 50, at least 1).
         epsilon: size of the restarts θ₀ + ε v along each region (in units of ‖θ₀‖ / √P per
             coordinate: ε · ‖θ₀‖ overall).
         components: principal components for the DMD fits and InPCA dimensions.
@@ -108,11 +108,11 @@ def analyze_run(
                          "budget or use `trainmap jacobian --method slq` for the spectrum alone")
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    k = max(1, T // 50) if record_every is None else int(record_every)
+    k = max(1, T // 50) if every is None else int(every)
     if k < 1:
-        raise ValueError(f"record_every must be >= 1, got {record_every}")
+        raise ValueError(f"every must be >= 1, got {every}")
     x_probe, y_probe = probe if probe is not None else (np.asarray(recipe.x)[:256], np.asarray(recipe.y)[:256])
-    cfg = {**recipe.config, **(config or {}), "num_params": P, "num_steps": T, "record_every": k,
+    cfg = {**recipe.config, **(config or {}), "num_params": P, "num_steps": T, "every": k,
            "epsilon": epsilon, "components": components, "seed": seed, "probe_size": int(len(x_probe)),
            "memory_budget_gb": memory_budget_gb, "recipe_fingerprint": recipe.fingerprint()}
     folder = open_results(out_dir, mode_of(resume, overwrite), kind="analyze", config=cfg)
@@ -130,7 +130,7 @@ def analyze_run(
 
     with stage("Koopman spectrum of the weight trajectory", progress):
         kdir = open_results(folder.dir("koopman"), "overwrite", kind="koopman",
-                            config={"pca": components, "record_every": k})
+                            config={"pca": components, "every": k})
         pca = max(1, min(components, len(steps) - 2))
         spec = spectrum(params[None], ObservableConfig(pca=pca), per_run=False)
         ksum = kdir.finish({"num_eigenvalues": int(spec.pooled.size), "abs_max": float(np.abs(spec.pooled).max()),

@@ -18,7 +18,8 @@ def analyze_command(
     recipe_arg: Optional[List[str]] = typer.Option(
         None, "--recipe-arg", help="name=value passed to the --recipe function (repeatable; values read as JSON)."),
     out: Path = typer.Option(Path("results/analyze"), help="Results folder (jacobian/, koopman/, ribbon/ inside)."),
-    record_every: int = typer.Option(0, help="Steps between recorded points (0: T // 50)."),
+    every: int = typer.Option(0, "--every", "--record-every",
+                              help="Record θ_t and the predictions every k steps (0: T // 50)."),
     epsilon: float = typer.Option(0.1, help="Restarts θ₀ + ε‖θ₀‖ v along each region, v a random unit vector in it."),
     components: int = typer.Option(5, help="Principal components of the DMD fits and InPCA dimensions."),
     seed: int = typer.Option(0, help="Seed of the perturbation directions."),
@@ -35,7 +36,7 @@ def analyze_command(
 
     run = run_lens(lambda: load_recipe(recipe, recipe_arg or []) if recipe else builtin_run())
     s = run_lens(lambda: analyze_run(
-        run.recipe, run.theta0, out, eval_sets=run.eval_sets, record_every=record_every or None,
+        run.recipe, run.theta0, out, eval_sets=run.eval_sets, every=every or None,
         epsilon=epsilon, components=components, seed=seed, memory_budget_gb=memory_gb, resume=resume,
         overwrite=overwrite, config=run.source and {"recipe_source": run.source}))
     with stage("report.html (joint and per lens)"):

@@ -132,11 +132,13 @@ def check_compatible(trajectories: Sequence[PredictionTrajectory], names: Sequen
 def record_recipe_predictions(
     recipe: Any,
     theta0: Any,
-    steps: Sequence[int],
+    steps: Sequence[int] | None,
     probe_x: Any,
     probe_y: Any = None,
     labels: Sequence[str] | None = None,
     meta: dict | None = None,
+    *,
+    every: int | None = None,
 ) -> PredictionTrajectory:
     """Train one or many runs of a :class:`~trainmap.recipe.Recipe`, recording softmax outputs.
 
@@ -144,7 +146,7 @@ def record_recipe_predictions(
         recipe: a Recipe whose model returns logits, or a sequence of Recipes (one per run).
         theta0: (P,) or (runs, P) initial parameters.
         steps: (R,) increasing steps in [0, T] at which to record (any spacing, e.g.
-            :func:`log_spaced_steps`).
+            :func:`log_spaced_steps`); or None with ``every=k``: steps 0, k, 2k, ... and T.
         probe_x: (N, ...) probe inputs; probe_y: (N,) their true classes (optional).
         labels: (runs,) run labels; meta: extra metadata.
 
@@ -159,8 +161,15 @@ def record_recipe_predictions(
     recipes = list(recipe) if isinstance(recipe, (list, tuple)) else [recipe] * len(thetas)
     if len(recipes) != len(thetas):
         raise ValueError(f"{len(recipes)} recipes for {len(thetas)} initial parameter vectors")
-    steps_arr = np.asarray(steps, dtype=np.int64)
+    from trainmap.record.validation import which_steps
+
     T = recipes[0].num_steps
+    _, k = which_steps(steps, every)
+    if k is not None:
+        from trainmap.recipe import record_steps
+
+        steps = record_steps(T, k)
+    steps_arr = np.asarray(steps, dtype=np.int64)
     if steps_arr.size == 0 or steps_arr.min() < 0 or steps_arr.max() > T or np.any(np.diff(steps_arr) <= 0):
         raise ValueError(f"steps must be increasing integers in [0, {T}], got {steps_arr.tolist()}")
     probe = jnp.asarray(probe_x)
@@ -198,7 +207,8 @@ class TorchPredictionRecorder:
     Args:
         model: module returning logits (B, C) (or probabilities with ``outputs="probs"``).
         probe_x: (N, ...) probe inputs (tensor or array).
-        steps: steps at which to record (increasing).
+        steps: steps at which to record (increasing); or, instead, ``every=k`` (steps 0, k, 2k, ...),
+            the same vocabulary as :class:`~trainmap.record.torch.TorchRecorder`.
         optimizer: if given, a post-step hook records automatically inside the context.
         targets: (N,) true classes of the probe samples.
         label: the run's label.
@@ -206,9 +216,12 @@ class TorchPredictionRecorder:
         batch_size: probe samples per forward pass.
     """
 
-    def __init__(self, model: Any, probe_x: Any, steps: Sequence[int], optimizer: Any = None,
+    def __init__(self, model: Any, probe_x: Any, steps: Sequence[int] | None = None, optimizer: Any = None,
                  targets: Any = None, label: str = "0", outputs: str = "logits",
-                 batch_size: int = 4096) -> None:
+                 batch_size: int = 4096, *, every: int | None = None) -> None:
+        from trainmap.record.validation import which_steps
+
+        chosen, self.every = which_steps(steps, every)
         torch = _torch()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -216,7 +229,7 @@ class TorchPredictionRecorder:
             raise ValueError(f"outputs must be 'logits' or 'probs', got {outputs!r}")
         self.model = model
         self.probe = probe_x if isinstance(probe_x, torch.Tensor) else torch.as_tensor(np.asarray(probe_x))
-        self.steps = sorted({int(s) for s in steps})
+        self.steps = chosen
         self.optimizer = optimizer
         self.targets = None if targets is None else np.asarray(targets)
         self.label = str(label)
@@ -255,11 +268,14 @@ class TorchPredictionRecorder:
     def step(self) -> None:
         """Advance the step counter by one and record if the new step is wanted."""
         self._count += 1
-        if self._count in self.steps:
+        if self._due(self._count):
             self.record()
 
+    def _due(self, step: int) -> bool:
+        return step % self.every == 0 if self.steps is None else step in self.steps
+
     def __enter__(self) -> "TorchPredictionRecorder":
-        if not self._recorded and 0 in self.steps:
+        if not self._recorded and self._due(0):
             self.record(0)
         if self.optimizer is not None:
             self._handle = self.optimizer.register_step_post_hook(lambda *_: self.step())

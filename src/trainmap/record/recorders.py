@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from trainmap.record.store import Trajectory
+from trainmap.record.store import PredictionTrajectory, Trajectory
 
 
 # ----------------------------------------------------------------------------- layer tables
@@ -129,19 +129,23 @@ def from_arrays(
     return Trajectory(arr, steps_arr, list(labels) if labels is not None else [], meta)
 
 
-def stack_trajectories(trajectories: Sequence[Trajectory], labels: Sequence[str] | None = None) -> Trajectory:
-    """Concatenate trajectories along the runs axis.
+def stack_trajectories(trajectories: Sequence[Any], labels: Sequence[str] | None = None) -> Any:
+    """Concatenate weight trajectories, or prediction trajectories, along the runs axis.
 
     Args:
-        trajectories: trajectories with the same steps and features.
+        trajectories: :class:`Trajectory` objects with the same steps and features, or
+            :class:`PredictionTrajectory` objects with the same steps, probe set (size, classes,
+            targets and, where recorded, the probe's fingerprint).
         labels: new run labels (default: keep each run's label).
 
     Returns:
-        A Trajectory with the runs of all inputs; metadata of the first.
+        The same kind, with the runs of all inputs; metadata of the first.
     """
     if not trajectories:
         raise ValueError("no trajectories to stack")
     first = trajectories[0]
+    if isinstance(first, PredictionTrajectory):
+        return _stack_predictions(trajectories, labels)
     for i, t in enumerate(trajectories[1:], 1):
         if t.shape[1:] != first.shape[1:] or not np.array_equal(t.steps, first.steps):
             raise ValueError(f"trajectory {i} has shape {t.shape} / steps differing from trajectory 0 "
@@ -149,6 +153,26 @@ def stack_trajectories(trajectories: Sequence[Trajectory], labels: Sequence[str]
     feats = np.concatenate([np.asarray(t.features[...]) for t in trajectories])
     labs = list(labels) if labels is not None else [lab for t in trajectories for lab in t.labels]
     return Trajectory(feats, first.steps, labs, dict(first.meta))
+
+
+def _stack_predictions(trajs: Sequence[Any], labels: Sequence[str] | None) -> PredictionTrajectory:
+    first = trajs[0]
+    for i, t in enumerate(trajs[1:], 1):
+        if not isinstance(t, PredictionTrajectory):
+            raise ValueError(f"trajectory {i} is a {type(t).__name__}, trajectory 0 a PredictionTrajectory: "
+                             "stack one kind at a time")
+        if t.shape[1:] != first.shape[1:] or not np.array_equal(t.steps, first.steps):
+            raise ValueError(f"prediction trajectory {i} has shape {t.shape} / steps differing from trajectory 0 "
+                             f"{first.shape}; record every run at the same steps on the same probe set")
+        probes = (t.meta.get("probe"), first.meta.get("probe"))
+        if None not in probes and probes[0] != probes[1]:
+            raise ValueError(f"prediction trajectory {i} was recorded on another probe set than trajectory 0")
+        if (t.targets is None) != (first.targets is None) or (
+                t.targets is not None and not np.array_equal(t.targets, first.targets)):
+            raise ValueError(f"prediction trajectory {i} has other probe targets than trajectory 0")
+    probs = np.concatenate([np.asarray(t.probs[...]) for t in trajs])
+    labs = list(labels) if labels is not None else [lab for t in trajs for lab in t.labels]
+    return PredictionTrajectory(probs, first.steps, labs, first.targets, dict(first.meta))
 
 
 class ArrayRecorder:
@@ -218,18 +242,21 @@ class ArrayRecorder:
 def record_recipe(
     recipe: Any,
     theta0: Any,
-    record_every: int = 1,
+    every: int = 1,
     layers: Sequence[str] | None = None,
     labels: Sequence[str] | None = None,
     dtype: Any = np.float32,
     progress: bool = False,
+    *,
+    record_every: int | None = None,
 ) -> Trajectory:
     """Train a :class:`~trainmap.recipe.Recipe` and record chosen layers every k steps.
 
     Args:
         recipe: a Recipe, or a sequence of Recipes (one per run, e.g. different data orders).
         theta0: (P,) initial parameters, or (runs, P) / a list of them (one per run).
-        record_every: k; records steps 0, k, 2k, ... and the last step.
+        every: k; records steps 0, k, 2k, ... and the last step (the recorders' shared name;
+            ``record_every`` is its deprecated old name).
         layers: layer names (as in :func:`pytree_layout`, prefixes allowed, e.g. ``"1"`` for the
             second MLP layer); None records all parameters.
         labels: (runs,) run labels.
@@ -241,6 +268,9 @@ def record_recipe(
     """
     import jax
 
+    from trainmap.record.validation import renamed, which_steps
+
+    _, k = which_steps(None, renamed("every", "record_every", record_every, every))
     thetas = np.asarray(theta0)
     if thetas.ndim == 1:
         thetas = thetas[None]
@@ -250,7 +280,6 @@ def record_recipe(
     table = pytree_layout(recipes[0].unravel(jax.numpy.asarray(thetas[0])))
     names = _select(table, layers)
     sub, idx = _sub_table(table, names)
-    k = int(record_every)
     cache: dict[int, Callable] = {}
     rows = []
     iterator: Any = range(len(thetas))
@@ -271,5 +300,5 @@ def record_recipe(
     from trainmap.recipe import record_steps
 
     steps = record_steps(recipes[0].num_steps, k)
-    meta = {"layers": sub, "record_every": k, "recipe": recipes[0].config}
+    meta = {"layers": sub, "every": k, "recipe": recipes[0].config}
     return Trajectory(np.stack(rows), steps, list(labels) if labels is not None else [], meta)

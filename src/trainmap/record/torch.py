@@ -5,7 +5,7 @@ torch is imported only when a recorder is created.
 
 Usage as a context manager that hooks the optimizer (records after every k-th ``step()``)::
 
-    with TorchRecorder(model, every=1, include=["fc2.weight"], optimizer=opt) as rec:
+    with TorchRecorder(model, every=1, layers=["fc2.weight"], optimizer=opt) as rec:
         for x, y in loader:
             opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
     traj = rec.to_trajectory()          # (1, steps, F), step 0 = the initial parameters
@@ -38,24 +38,35 @@ def _torch() -> Any:
 class TorchRecorder:
     """Records named parameters of a ``torch.nn.Module`` every ``every`` optimizer steps.
 
+    The recorders share one vocabulary: ``every`` or ``steps`` say which steps, ``layers`` which
+    parameters (as :func:`~trainmap.record.record_recipe` and
+    :class:`~trainmap.record.TorchPredictionRecorder`).
+
     Args:
         model: the module whose ``named_parameters()`` are recorded.
         every: record after optimizer steps k with ``k % every == 0`` (step 0 = on enter).
-        include: parameter names or prefixes to record (e.g. ``["fc2"]``); None records all.
+        layers: parameter names or prefixes to record (e.g. ``["fc2"]``); None records all.
         optimizer: if given, a post-step hook records automatically while the context is open.
         label: label of this run (seed or condition).
         dtype: dtype of the stored features.
+        steps: instead of ``every``, the explicit steps to record (0 = on enter).
+        include: the deprecated old name of ``layers``.
     """
 
-    def __init__(self, model: Any, every: int = 1, include: Sequence[str] | None = None,
-                 optimizer: Any = None, label: str = "0", dtype: Any = np.float32) -> None:
+    def __init__(self, model: Any, every: int | None = None, layers: Sequence[str] | None = None,
+                 optimizer: Any = None, label: str = "0", dtype: Any = np.float32, *,
+                 steps: Sequence[int] | None = None, include: Sequence[str] | None = None) -> None:
+        from trainmap.record.validation import renamed, which_steps
+
+        layers = renamed("layers", "include", include, layers)
+        self.steps, every = which_steps(steps, 1 if every is None and steps is None else every)
         torch = _torch()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         names = [n for n, _ in model.named_parameters()]
-        if include:
-            chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in include)]
-            missing = [p for p in include if not any(n == p or n.startswith(p + ".") for n in names)]
+        if layers:
+            chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in layers)]
+            missing = [p for p in layers if not any(n == p or n.startswith(p + ".") for n in names)]
             if missing:
                 raise ValueError(f"parameters {missing} not in the model; available: {names}")
         else:
@@ -63,13 +74,17 @@ class TorchRecorder:
         self.model = model
         self.names = chosen
         self.optimizer = optimizer
-        self._rec = ArrayRecorder(every=every, label=label, dtype=dtype)
+        self._rec = ArrayRecorder(every=every or 1, label=label, dtype=dtype)
         self._count = 0
         self._handle: Any = None
 
     @property
-    def every(self) -> int:
-        return self._rec.every
+    def every(self) -> int | None:
+        """k when recording every k steps, None with explicit ``steps``."""
+        return None if self.steps is not None else self._rec.every
+
+    def _due(self, step: int) -> bool:
+        return step in self.steps if self.steps is not None else self._rec.due(step)
 
     def _snapshot(self) -> dict[str, np.ndarray]:
         params = dict(self.model.named_parameters())
@@ -82,7 +97,7 @@ class TorchRecorder:
     def step(self) -> None:
         """Advance the step counter by one and record if the new step is due."""
         self._count += 1
-        if self._rec.due(self._count):
+        if self._due(self._count):
             self.record()
 
     def attach(self, optimizer: Any) -> Any:
@@ -91,7 +106,7 @@ class TorchRecorder:
         return self._handle
 
     def __enter__(self) -> "TorchRecorder":
-        if len(self._rec) == 0:
+        if len(self._rec) == 0 and self._due(0):
             self.record(0)
         if self.optimizer is not None:
             self.attach(self.optimizer)

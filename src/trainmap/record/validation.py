@@ -1,8 +1,10 @@
-"""Validation of recorded predictions, shared by the recorders and the hyper-ribbon lens."""
+"""Validation shared by the recorders and the hyper-ribbon lens: recorded predictions, and the
+recorders' one vocabulary for *which steps* (``every`` or ``steps``) and *which layers* (``layers``)."""
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -56,3 +58,32 @@ def _index(where: np.ndarray, offset: int) -> tuple:
     if idx:
         idx[0] += offset
     return tuple(idx)
+
+
+def which_steps(steps: Sequence[int] | None, every: int | None) -> tuple[list[int] | None, int | None]:
+    """Check the recorders' "which steps" arguments: exactly one of ``steps`` (increasing
+    non-negative step indices) and ``every`` (k >= 1: steps 0, k, 2k, ...).
+
+    Returns:
+        ``(sorted unique steps or None, every or None)``.
+    """
+    if (steps is None) == (every is None):
+        raise ValueError("say which steps to record with exactly one of steps=[...] (explicit step indices) "
+                         "and every=k (steps 0, k, 2k, ...)")
+    if every is not None:
+        if int(every) < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        return None, int(every)
+    chosen = sorted({int(s) for s in steps})
+    if not chosen or chosen[0] < 0:
+        raise ValueError(f"steps must be non-negative step indices, got {list(steps)}")
+    return chosen, None
+
+
+def renamed(new: str, old: str, value: Any, current: Any) -> Any:
+    """The value of a renamed keyword: ``value`` (given under the old name) wins over the default
+    ``current`` with a DeprecationWarning; both given is an error."""
+    if value is None:
+        return current
+    warnings.warn(f"{old}= is now called {new}=; {old}= will be removed", DeprecationWarning, stacklevel=3)
+    return value

@@ -68,6 +68,7 @@ def torch_recipe(
     scheduler_every: int = 1,
     config: dict | None = None,
     check: bool = True,
+    device: Any = None,
 ) -> tuple[TorchRecipe, np.ndarray]:
     """A PyTorch training run as a recipe, and its θ₀ (the model's current parameters).
 
@@ -85,6 +86,9 @@ def torch_recipe(
         config: extra JSON-able settings recorded in config.json.
         check: run one step under ``torch.func`` now, so that what it cannot transform fails here
             with one clear error instead of deep inside an engine.
+        device: where the recipe computes (``"cuda"``, ``"cpu"``, a ``torch.device``; ``"auto"``: CUDA
+            when ``torch.cuda.is_available()``); None: the model's own device. The recipe's copy of the
+            model and the data are moved there; your model stays where it is.
 
     Returns:
         ``(recipe, theta0)``: a :class:`TorchRecipe` and the (P,) float NumPy θ₀.
@@ -99,14 +103,20 @@ def torch_recipe(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    device, pdtype = params[0].device, params[0].dtype
-    if any(p.dtype != pdtype for p in params) or any(p.device != device for p in params):
+    pdtype = params[0].dtype
+    if any(p.dtype != pdtype for p in params) or any(p.device != params[0].device for p in params):
         raise ValueError("the model's parameters mix dtypes or devices; convert it with model.to(dtype, device)")
     for name, mod in model.named_modules():
         if isinstance(mod, _DROPOUTS) and mod.training and mod.p > 0:
             raise ValueError(f"module {name!r} is {type(mod).__name__}(p={mod.p}) in training mode: its random "
                              "masks cannot be replayed by torch.func; call model.{name}.eval() or set p=0 "
                              "(the Jacobian of a dropout run needs the masks as explicit inputs)".replace("{name}", name))
+    if device is not None:  # compute elsewhere: the data follow the recipe's copy of the model
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+        x = x.to(device) if isinstance(x, torch.Tensor) else x
+        y = y.to(device) if isinstance(y, torch.Tensor) else y
+    else:
+        device = params[0].device
     xt, yt = _as_tensor(x, "x", device), _as_tensor(y, "y", device)
     if xt.is_floating_point() and xt.dtype != pdtype:
         raise ValueError(f"x is {xt.dtype} but the model's parameters are {pdtype}; convert with "
@@ -134,11 +144,18 @@ def torch_recipe(
                                                        "lr_first": lrs[0].tolist(), "lr_last": lrs[-1].tolist()},
            "loss": _describe_loss(loss_fn), "num_samples": int(xt.shape[0]), "batch_size": int(b.shape[1]),
            "num_steps": int(b.shape[0]), "device": str(device), **(config or {})}
-    recipe = TorchRecipe(model, loss_fn, fopt, xt, yt, b, lrs, cfg)
+    recipe = TorchRecipe(model if device == params[0].device else _moved(model, device), loss_fn, fopt,
+                         xt, yt, b, lrs, cfg)
     theta0 = flat_params(model)
     if check:
         _check_step(recipe, theta0)
     return recipe, theta0
+
+
+def _moved(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(device)
 
 
 def _check_step(recipe: TorchRecipe, theta0: np.ndarray) -> None:

@@ -67,9 +67,8 @@ def choose_chunk_size(
     return int(max(1, min(fit, max_chunk, P)))
 
 
-#: default chunk for backends that JAX cannot trace (torch): each chunk is one vmapped jvp through
-#: the run. On the reference MLP (2-core CPU) K = 64..256 ran within 10% of each other
-#: (bench/torch_backend.py --chunks).
+#: default chunk for backends that JAX cannot trace and that do not size their own chunks
+#: (``recipe.default_chunk(memory_budget_bytes)``, which the torch backend has)
 GENERIC_CHUNK = 128
 
 # ----------------------------------------------------------------------------- engine
@@ -154,7 +153,9 @@ def plan_engine(
         if mode == "reverse" or primal == "shared":
             raise ValueError(f"the {recipe.backend} backend computes J by chunks of Jacobian-vector products: "
                              "use mode='forward' and primal='per_chunk' (or 'auto')")
-        K = min(int(chunk_size) if chunk_size else GENERIC_CHUNK, P)
+        sizer = getattr(recipe, "default_chunk", None)
+        K = int(chunk_size) if chunk_size else (sizer(budget) if sizer is not None else GENERIC_CHUNK)
+        K = min(K, P)
         return EnginePlan("forward", "per_chunk", K, 1, 0)
     if getattr(recipe, "project", None) is not None:
         # the stored linearisations start from a zero optimizer-state tangent, but a projection

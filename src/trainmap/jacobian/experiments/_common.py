@@ -29,6 +29,33 @@ from trainmap.results import FolderError, ResultsFolder, mode_of, open_results, 
 MARKER = "summary.json"
 
 
+def jax_recipe_only(fn: Callable) -> Callable:
+    """Refuse a recipe of another backend (torch) with one line: these experiments vmap training
+    over many θ₀ or rebuild the recipe (other data, a restricted parameterisation) with JAX."""
+    import functools
+
+    from trainmap.protocol import is_traceable
+
+    @functools.wraps(fn)
+    def wrapped(recipe: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_traceable(recipe):
+            raise ValueError(f"{fn.__name__} needs a JAX recipe (it trains many runs at once with jax.vmap or "
+                             f"rebuilds the run); a {getattr(recipe, 'backend', '?')} recipe supports exact_jacobian, "
+                             "analyze and the matrix-free route")
+        return fn(recipe, *args, **kwargs)
+
+    return wrapped
+
+
+def train_once(recipe: Any, theta0: Any) -> np.ndarray:
+    """θ_T (P,) as NumPy, for any backend (jitted for a JAX recipe)."""
+    from trainmap.protocol import is_traceable
+
+    if is_traceable(recipe):
+        return np.asarray(jax.jit(recipe.train)(jnp.asarray(theta0)))
+    return np.asarray(recipe.train(theta0))
+
+
 class ExperimentError(RuntimeError):
     """An experiment cannot run with the given inputs (the message says how to fix it)."""
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import atomic_save_npy
@@ -81,7 +79,7 @@ def parameter_change(
     if dec is None:
         dec = C.jacobian_spectrum(recipe, theta0, thresholds=thresholds, progress=progress)
     th0 = np.asarray(theta0)
-    thT = np.asarray(jax.jit(recipe.train)(jnp.asarray(theta0)) if thetaT is None else thetaT)
+    thT = np.asarray(C.train_once(recipe, theta0) if thetaT is None else thetaT)
     coef = project_change(dec.Vt, th0, thT)
     atomic_save_npy(out / "coef.npy", coef)
     regions = change_by_region(coef, dec.codes)

@@ -72,6 +72,7 @@ def spectrum_stats(dec: JacobianSVD) -> dict[str, Any]:
             "bulk_fraction": float(region_mask(dec.codes, "bulk").sum() / P)}
 
 
+@C.jax_recipe_only
 def data_label_dependence(
     recipe: Recipe,
     theta0: Any,

@@ -102,6 +102,7 @@ def trajectory_points(recipe: Recipe, theta0: Any, n_points: int) -> np.ndarray:
     return params[pick]
 
 
+@C.jax_recipe_only
 def linearized_explanation(
     recipe: Recipe,
     theta0: Any,

@@ -113,6 +113,7 @@ def kl_per_direction(
     return np.concatenate(res) if res else np.zeros((0, len(names)))
 
 
+@C.jax_recipe_only
 def ood_effect(
     recipe: Recipe,
     theta0: Any,

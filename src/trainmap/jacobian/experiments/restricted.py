@@ -108,6 +108,7 @@ def default_ks(P: int, bulk_count: int | None = None) -> list[int]:
     return sorted(ks) or [P]
 
 
+@C.jax_recipe_only
 def restricted_training(
     recipe: Recipe,
     theta0: Any,
