@@ -116,11 +116,11 @@ def _compare_jacobians(J_t, J_j, perm):
 
 
 def test_the_same_mlp_run_in_jax_and_in_torch_sgd_momentum():
-    model = _mlp(0)
-    batches = np.random.default_rng(0).integers(0, len(X), (40, 32))
+    model = _mlp(0, hidden=8)
+    batches = np.random.default_rng(0).integers(0, len(X), (30, 32))
     recipe_t, th0_t = torch_recipe(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
                                    nn.CrossEntropyLoss(), X, Y, batches)
-    net = mlp((64, 16, 10), activation="tanh")
+    net = mlp((64, 8, 10), activation="tanh")
     _, unravel = ravel_pytree(net.init(jax.random.key(0)))
     th0_j = _jax_layout(model)
     recipe_j = make_recipe(net.apply, unravel, th0_j.size, X, Y, optax.sgd(0.1, momentum=0.9),
@@ -254,11 +254,15 @@ def test_batchnorm_buffers_follow_torch_training():
     batches = np.random.default_rng(6).integers(0, len(X), (10, 32))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     recipe, th0 = torch_recipe(model, opt, nn.CrossEntropyLoss(), X, Y, batches)
-    out = recipe.run(th0)
+    rec = recipe.run(th0, record_every=5, probe=X[:7])
     ref = _theta_T_of_torch_optim(model, opt, batches)
-    assert np.max(np.abs(out["theta_T"] - ref)) <= 1e-6 * np.max(np.abs(ref))
-    np.testing.assert_allclose(out["buffers"]["1.running_mean"], model[1].running_mean.numpy(), rtol=1e-5)
-    np.testing.assert_array_equal(out["theta_T"], recipe.train(th0))
+    assert np.max(np.abs(rec.theta_T - ref)) <= 1e-6 * np.max(np.abs(ref))
+    assert rec.steps.tolist() == [0, 5, 10] and rec.params.shape == (3, recipe.num_params)
+    assert rec.probe_outputs.shape == (3, 7, 10)
+    np.testing.assert_allclose(rec.observed["buffers"]["1.running_mean"][-1], model[1].running_mean.numpy(),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(rec.theta_T, recipe.train(th0))
+    np.testing.assert_array_equal(rec.params[-1], rec.theta_T)
 
 
 # ---------------------------------------------------------------------------- data order
@@ -386,3 +390,22 @@ def test_device_option_moves_the_recipe_not_the_model():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert auto.device.type == expected and auto.config["device"].startswith(expected)
     np.testing.assert_allclose(auto.train(th0b), here.train(th0), rtol=1e-5, atol=1e-6)
+
+
+def test_trainmap_analyze_reads_a_torch_run_through_all_three_lenses(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from trainmap.cli import app
+
+    (tmp_path / "my_torch_run.py").write_text(RECIPE_FILE)
+    res = CliRunner().invoke(app, ["analyze", "--recipe", f"{tmp_path / 'my_torch_run.py'}:run", "--every", "2",
+                                   "--out", str(tmp_path / "joint")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "joint" / "summary.json").read_text())
+    assert s["num_params"] == 64 * 4 + 4 + 4 * 10 + 10 and s["recorded_steps"] == 6
+    assert abs(sum(s["energy_share_at_T"].values()) - 1) < 1e-6
+    for sub in ("jacobian", "koopman", "ribbon"):
+        assert (tmp_path / "joint" / sub / "summary.json").exists()
+    assert (tmp_path / "joint" / "report.html").exists()

@@ -36,6 +36,7 @@ import numpy as np
 
 from trainmap._progress import stage
 from trainmap.jacobian.regions import REGIONS, region_mask
+from trainmap.protocol import is_traceable
 from trainmap.record.predictions import softmax
 from trainmap.results import mode_of, open_results, reopen
 
@@ -75,7 +76,8 @@ def analyze_run(
     """Train once, look through the three lenses, join them (see the module docstring).
 
     Args:
-        recipe: a JAX :class:`~trainmap.recipe.Recipe` of a classifier.
+        recipe: a classifier's training run: a JAX :class:`~trainmap.recipe.Recipe` or a PyTorch
+            :func:`trainmap.torch.torch_recipe`.
         theta0: (P,) initial flat parameters.
         out_dir: results folder (created).
         probe: (x (N, ...), y (N,)) inputs whose predictions are recorded (default: the first 256
@@ -117,8 +119,10 @@ def analyze_run(
            "memory_budget_gb": memory_budget_gb, "recipe_fingerprint": recipe.fingerprint()}
     folder = open_results(out_dir, mode_of(resume, overwrite), kind="analyze", config=cfg)
 
+    traceable = is_traceable(recipe)
     with stage("training once, recording θ_t and predictions", progress):
-        rec = jax.jit(lambda th: recipe.run(th, k, probe=x_probe))(theta0)
+        rec = (jax.jit(lambda th: recipe.run(th, k, probe=x_probe)) if traceable
+               else lambda th: recipe.run(th, k, probe=x_probe))(theta0)
         params = np.asarray(rec.params)  # (R, P)
         probs = softmax(rec.probe_outputs, dtype=np.float64)  # (R, N, C)
         steps = np.asarray(rec.steps)
@@ -165,8 +169,12 @@ def analyze_run(
             v = rng.normal(size=basis.shape[0]) @ basis
             starts.append(np.asarray(theta0) + scale * v / np.linalg.norm(v))
             names.append(name)
-        run_probs = jax.jit(jax.vmap(lambda th: recipe.run(th, k, probe=x_probe, record_params=False).probe_outputs))(
-            jnp.asarray(np.stack(starts), theta0.dtype))
+        if traceable:  # all restarts in one vmapped program
+            run_probs = jax.jit(jax.vmap(lambda th: recipe.run(th, k, probe=x_probe, record_params=False).probe_outputs))(
+                jnp.asarray(np.stack(starts), theta0.dtype))
+        else:
+            run_probs = np.stack([recipe.run(th.astype(np.asarray(theta0).dtype), k, probe=x_probe,
+                                             record_params=False).probe_outputs for th in starts])
         pert = np.concatenate([probs[None], softmax(run_probs, dtype=np.float64)])  # (1 + n, R, N, C)
         n_runs, R = pert.shape[:2]
         joint = joint_embedding(pert.reshape(n_runs * R, *pert.shape[2:]), np.asarray(y_probe),

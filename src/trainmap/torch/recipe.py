@@ -18,7 +18,7 @@ inside, tensors live on the model's device (a GPU when the model is on one).
 
 BatchNorm: in training mode a BatchNorm layer normalises with the batch's own statistics, so its
 running statistics never enter θ_T. The differentiated loop therefore leaves them alone; :meth:`run`
-replays the run eagerly and returns them updated, as ``torch.optim`` training would leave them.
+replays the run eagerly and records them, updated as ``torch.optim`` training updates them.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class TorchRecipe:
         self.model = copy.deepcopy(model)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
-        self.x, self.y = x, y
+        self.data = (x, y)  # tensors on the device
         self.batches = np.asarray(batches, dtype=np.int64)
         self.lrs = np.asarray(lrs, dtype=np.float64)
         self.config = config
@@ -95,6 +95,16 @@ class TorchRecipe:
         self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ conversions
+    @property
+    def x(self) -> np.ndarray:
+        """(N, ...) the training inputs as NumPy (the protocol's view; ``data`` holds the tensors)."""
+        return _numpy(self.data[0])
+
+    @property
+    def y(self) -> np.ndarray:
+        """(N, ...) the training targets as NumPy."""
+        return _numpy(self.data[1])
+
     @property
     def num_steps(self) -> int:
         """T, the number of optimizer steps."""
@@ -149,7 +159,7 @@ class TorchRecipe:
 
     def _data(self, t: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._batches_t[t]
-        x, y = self.x[idx], self.y[idx]
+        x, y = self.data[0][idx], self.data[1][idx]
         if x.is_floating_point():
             x = x.to(dtype)
         if y.is_floating_point():
@@ -204,24 +214,60 @@ class TorchRecipe:
 
     def train_with_losses(self, theta0: Any) -> tuple[np.ndarray, np.ndarray]:
         """(θ_T (P,), the (T,) batch losses before each step), NumPy."""
-        out = self.run(theta0)
-        return out["theta_T"], out["losses"]
+        rec = self.run(theta0)
+        return rec.theta_T, rec.losses
 
-    def run(self, theta0: Any) -> dict[str, Any]:
-        """Train eagerly, updating the buffers (BatchNorm running statistics) as ``torch.optim``
-        training would: ``{"theta_T": (P,), "losses": (T,), "buffers": {name: array}}``."""
+    def run(self, theta0: Any, record_every: int = 0, probe: Any = None, record_params: bool = True) -> Any:
+        """Train eagerly and record, as :meth:`trainmap.recipe.Recipe.run` does (NumPy arrays).
+
+        Buffers (BatchNorm running statistics) are updated as ``torch.optim`` training updates them.
+
+        Args:
+            theta0: (P,) initial flat parameters.
+            record_every: k > 0 records at steps 0, k, 2k, ... and T; 0 only at 0 and T.
+            probe: optional (N_probe, ...) inputs whose outputs are recorded (model in its given mode).
+            record_params: keep the (R, P) parameters.
+
+        Returns:
+            A :class:`~trainmap.recipe.TrainRecord`; ``observed["buffers"]`` maps each buffer's name to
+            its (R, ...) values at the recorded steps.
+        """
+        from trainmap.recipe import TrainRecord, record_steps
+
+        T = self.num_steps
+        steps = record_steps(T, record_every)
         theta = self.theta_tensor(theta0)
         model = copy.deepcopy(self.model).to(theta.dtype)
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         params = self.split(theta)
         state = self.optimizer.init(params)
+        probe_t = None if probe is None else self.tensor(probe)
+        if probe_t is not None and probe_t.is_floating_point():
+            probe_t = probe_t.to(theta.dtype)
+        rows: dict[str, list] = {"params": [], "outputs": [], **{n: [] for n in buffers}}
+
+        def snapshot() -> None:
+            if record_params:
+                rows["params"].append(_numpy(self.flat(params)))
+            if probe_t is not None:
+                out = functional_call(self.module(theta.dtype), dict(zip(self.names, params)), (probe_t,))
+                rows["outputs"].append(_numpy(out))
+            for n, b in buffers.items():
+                rows[n].append(_numpy(b).copy())
+
         losses = []
         with torch.no_grad():
-            for t in range(self.num_steps):
+            if 0 in steps:
+                snapshot()
+            for t in range(T):
                 params, state, loss = self.step(t, params, state, model, buffers)
                 losses.append(loss)
-        return {"theta_T": _numpy(self.flat(params)), "losses": _numpy(torch.stack(losses)),
-                "buffers": {n: _numpy(b) for n, b in buffers.items()}}
+                if t + 1 in steps:
+                    snapshot()
+        return TrainRecord(_numpy(self.flat(params)), _numpy(torch.stack(losses)), steps,
+                           np.stack(rows["params"]) if record_params else None,
+                           np.stack(rows["outputs"]) if probe_t is not None else None,
+                           {"buffers": {n: np.stack(rows[n]) for n in buffers}})
 
     def predict(self, theta: Any, x: Any) -> np.ndarray:
         """Model outputs (N, ...) at flat parameters ``theta`` (P,), the model in the mode it was given."""
@@ -301,7 +347,7 @@ class TorchRecipe:
         for name, b in self.model.named_buffers():
             h.update(name.encode())
             h.update(_numpy(b).tobytes())
-        for a in (self.x, self.y):
+        for a in self.data:
             arr = _numpy(a)
             h.update(f"{arr.dtype.str}{arr.shape}".encode())
             h.update(np.ascontiguousarray(arr).tobytes())
