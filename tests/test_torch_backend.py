@@ -370,15 +370,17 @@ def test_cli_recipe_runs_a_torch_run_exactly_and_matrix_free(tmp_path):
 
 
 def test_experiments_take_a_torch_run_where_they_apply_and_refuse_the_rest(tmp_path):
-    from trainmap.jacobian.experiments import parameter_change, perturbation_response
+    from trainmap.jacobian.experiments import ood_effect, parameter_change, perturbation_response
 
     recipe, th0 = _small()
     s = parameter_change(recipe, th0, tmp_path / "change", progress=False)
     shares = [v["energy_fraction"] for v in s["regions"].values() if v["energy_fraction"] is not None]
     assert abs(sum(shares) - 1) < 1e-5
     np.testing.assert_allclose(s["change_norm"], np.linalg.norm(recipe.train(th0) - th0), rtol=1e-6)
-    with pytest.raises(ValueError, match="perturbation_response needs a JAX recipe"):
-        perturbation_response(recipe, th0, tmp_path / "perturb")
+    p = perturbation_response(recipe, th0, tmp_path / "perturb", progress=False)
+    assert p["num_eps"] == 31 and p["finding"]["holds"] in (True, False)  # ran on the torch run's J and θ_T
+    with pytest.raises(ValueError, match="ood_effect needs a JAX recipe"):
+        ood_effect(recipe, th0, tmp_path / "ood")
 
 
 def test_device_option_moves_the_recipe_not_the_model():

@@ -360,6 +360,13 @@ def train_many(
     Returns:
         (n, P) final parameters as NumPy.
     """
+    from trainmap.protocol import is_traceable
+
+    if not is_traceable(recipe):  # another backend: one run after the other
+        thetas = np.asarray(thetas)
+        res = np.stack([recipe.train(t) for t in progress_iter(thetas, description, progress, total=len(thetas))]) \
+            if len(thetas) else np.zeros((0, recipe.num_params), thetas.dtype)
+        return _check_finite_runs(res)
     thetas = jnp.asarray(thetas)
     n = thetas.shape[0]
     if n == 0:
@@ -375,10 +382,13 @@ def train_many(
             chunk = jnp.concatenate([chunk, jnp.repeat(chunk[-1:], pad, axis=0)])
         res = np.asarray(fn(chunk))
         out.append(res[: b - pad])
-    res = np.concatenate(out)
+    return _check_finite_runs(np.concatenate(out))
+
+
+def _check_finite_runs(res: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(res)):
         bad = int(np.sum(~np.all(np.isfinite(res), axis=1)))
-        raise ExperimentError(f"{bad} of {n} training runs diverged (NaN/inf parameters); the "
+        raise ExperimentError(f"{bad} of {res.shape[0]} training runs diverged (NaN/inf parameters); the "
                               "perturbations are too large for this learning rate")
     return res
 
@@ -391,8 +401,12 @@ def logits_many(apply: Callable, unravel: Callable, thetas: Any, x: Any) -> jax.
 
 def loss_acc_many(recipe: Recipe, thetas: Any, x: Any, y: Any, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Cross-entropy loss and accuracy of many parameter vectors: (n, P) -> ((n,), (n,))."""
-    from trainmap.recipe import cross_entropy
+    from trainmap.protocol import is_traceable
+    from trainmap.recipe import classification_metrics, cross_entropy
 
+    if not is_traceable(recipe):  # another backend: its own predictions, one vector at a time
+        m = [classification_metrics(recipe.predict(th, x), y) for th in np.asarray(thetas)]
+        return np.asarray([r["loss"] for r in m]), np.asarray([r["accuracy"] for r in m])
     thetas = jnp.asarray(thetas)
     labels = jnp.asarray(y)
 

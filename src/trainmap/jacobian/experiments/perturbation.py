@@ -56,7 +56,6 @@ def linear_range(eps: np.ndarray, rel_err: np.ndarray, tol: float) -> tuple[floa
     return (float(eps[first - 1]) if first > 0 else None), float(eps[first])
 
 
-@C.jax_recipe_only
 def perturbation_response(
     recipe: Recipe,
     theta0: Any,
