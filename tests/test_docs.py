@@ -28,9 +28,14 @@ def _nav_pages() -> list[str]:
 
 def test_every_nav_page_exists():
     pages = _nav_pages()
-    assert {"index.md", "api.md", "tutorial_jax.md", "tutorial_pytorch.md", "report.md"} <= set(pages)
+    assert {"index.md", "api/index.md", "tutorial_jax.md", "tutorial_pytorch.md", "report.md"} <= set(pages)
     missing = [p for p in pages if not (DOCS / p).is_file()]
     assert missing == [], f"mkdocs.yml names pages that do not exist in docs/: {missing}"
+    # the API reference: one page per module, every page in the nav and every public package covered
+    api_pages = {p for p in pages if p.startswith("api/") and p != "api/index.md"}
+    assert api_pages == {f"api/{f.name}" for f in (DOCS / "api").glob("trainmap.*.md")}
+    for package in ("recipe", "torch", "jacobian.analysis", "koopman.dmd", "ribbon.inpca", "record.store", "results"):
+        assert f"api/trainmap.{package}.md" in api_pages, package
 
 
 def test_mkdocs_build_strict(tmp_path):
@@ -46,9 +51,13 @@ def test_mkdocs_build_strict(tmp_path):
     assert res.returncode == 0, "mkdocs build --strict failed:\n" + "\n".join(
         line for line in log.splitlines() if "WARNING" in line or "ERROR" in line or "Error" in line) + "\n" + log[-3000:]
     site = tmp_path / "site"
-    api = (site / "api" / "index.html").read_text()
-    for name in ("make_recipe", "exact_jacobian", "write_report", "Trajectory", "DMD"):
+    api = " ".join(p.read_text() for p in (site / "api").rglob("index.html"))
+    for name in ("make_recipe", "exact_jacobian", "write_report", "Trajectory", "DMD", "torch_recipe"):
         assert name in api, f"{name} missing from the API reference"
+    assert "_gesdd" not in api and "_check_step" not in api  # public names only
+    # formulas render offline: MathJax is served from the site itself
+    assert (site / "js" / "mathjax" / "tex-mml-chtml.js").is_file()
+    assert not [p for p in site.rglob("*.html") if p.is_file() and "cdn.jsdelivr.net/npm/mathjax" in p.read_text()]
     assert (site / "tutorial_jax" / "index.html").exists() and (site / "img" / "jacobian_spectrum.png").exists()
 
 

@@ -137,3 +137,25 @@ def test_the_check_catches_broken_figures_and_console_errors(browser, tmp_path):
     res = inspect_page(browser, page)
     assert dict(res["images"]) == {"ok": True, "broken": False}
     assert any("boom from the page" in e for e in res["errors"])
+
+
+def test_docs_formulas_render_offline(browser, tmp_path):
+    """The docs' MathJax is the copy docs/hooks/mathjax.py puts into the site: no network needed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mathjax_hook", Path(__file__).resolve().parents[1] / "docs" /
+                                                  "hooks" / "mathjax.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    hook.on_post_build({"site_dir": str(tmp_path)})
+    config = (Path(__file__).resolve().parents[1] / "docs" / "js" / "mathjax-config.js").read_text()
+    config = config.replace("document$.subscribe", "void 0 && document$.subscribe")  # no mkdocs-material here
+    page = tmp_path / "page.html"
+    page.write_text(f"<html><body><p class='arithmatex'>\\(\\sigma_i = \\|J v_i\\|\\)</p>"
+                    f"<script>{config}</script><script src='js/mathjax/tex-mml-chtml.js'></script></body></html>")
+    browser.get(page.as_uri())
+    for _ in range(100):
+        if browser.execute_script("return document.querySelectorAll('mjx-container').length") > 0:
+            break
+        time.sleep(0.1)
+    assert browser.execute_script("return document.querySelectorAll('mjx-container').length") == 1
