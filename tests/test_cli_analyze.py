@@ -57,6 +57,8 @@ def test_analyze_a_user_recipe_through_three_lenses_and_the_joint_views(tmp_path
     assert s["energy_share_at_T"]["bulk"] == energy[-1, 1]
     R = len(np.load(out / "recorded_steps.npy"))
     assert np.load(out / "perturbed_embedding.npy").shape[:2] == (4, R)
+    view = json.loads((out / "perturbed_embedding.plotly.json").read_text())
+    assert [t["name"] for t in view["data"]] == ["unperturbed", "chaotic", "bulk", "stable"]
     for r in ("chaotic", "bulk", "stable"):
         assert np.load(out / f"eigenvalues_{r}.npy").size >= 1
     assert set(s["perturbed_final_bhattacharyya"]) == {"chaotic", "bulk", "stable"}

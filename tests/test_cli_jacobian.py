@@ -19,7 +19,7 @@ def test_cli_writes_a_complete_results_folder(tmp_path):
     assert res.exit_code == 0, res.output
     for name in ("config.json", "summary.json", "jacobian.npy", "singular_values.npy", "svd_U.npy",
                  "svd_Vt.npy", "regions.npy", "cos_uv.npy", "delta_proj.npy", "spectrum.png",
-                 "sigma_minus_one.png", "cos_uv.png", "report.html"):
+                 "sigma_minus_one.png", "cos_uv.png", "sigma_histogram.png", "training_loss.png", "report.html"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     P = summary["num_params"]

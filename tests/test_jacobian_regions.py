@@ -131,3 +131,18 @@ def test_float32_svd_of_a_training_jacobian_is_within_the_documented_bound():
     assert err <= SVD32_BOUND, err
     doc = (Path(__file__).resolve().parents[1] / "docs" / "jacobian.md").read_text()
     assert f"{SVD32_BOUND:.0e}".replace("e-0", "e-") in doc
+
+
+def test_sigma_histogram_counts_every_singular_value_once_in_its_region():
+    from trainmap.jacobian.figures import sigma_histogram_figure
+    from trainmap.jacobian.regions import Thresholds, classify
+
+    S = np.sort(np.concatenate([np.geomspace(1.2, 30, 40), 1 + np.linspace(-0.05, 0.05, 100),
+                                np.geomspace(1e-3, 0.8, 25)]))[::-1]
+    codes = classify(S, Thresholds())
+    fig = sigma_histogram_figure(S, codes, Thresholds())
+    ax = fig.axes[0]
+    per_region = [sum(p.get_height() for p in c) for c in ax.containers]
+    # stacked bars: each layer's heights count that region alone
+    assert [round(h) for h in per_region] == [25, 100, 40]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stable (25)", "bulk (100)", "chaotic (40)"]

@@ -35,7 +35,7 @@ def make_folder(d, *, clean=False):
     """A results folder with two figures, complex eigenvalues, an embedding and a plotly spec."""
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_json(d / "config.json", {"model": "mlp", "dtype": "float32", "lr": 0.1,
-                                          "optimizer": {"name": "sgd", "momentum": 0.9}})
+                                          "optimizer": {"name": "sgd", "momentum": 0.9}, "chunk_size": None})
     summary = {"sigma_max": 15.25, "bulk": {"count": 2937, "fraction": 0.611},
                "warnings": ["lens says: 3 values near a boundary"]}
     if not clean:
@@ -63,7 +63,12 @@ def test_report_holds_config_summary_captions_figures_and_views(tmp_path):
     d = make_folder(tmp_path / "run")
     page = write_report(d).read_text()
     # headline numbers and config, flattened
-    assert "sigma_max" in page and "15.25" in page and "bulk.fraction" in page and "2,937" in page
+    assert "sigma_max" in page and "15.25" in page and "2,937" in page
+    # grouped by meaning: a titled block per section, fractions as percentages, nulls never "NaN"
+    bulk = page.split('<tr class="group"><th colspan="2">bulk</th></tr>')[1]
+    assert bulk.startswith("<tr><th>count</th>") and "<th>fraction</th><td>61.1 %</td>" in bulk
+    assert '<th>chunk_size</th><td class="muted">auto</td>' in page
+    assert "NaN / not available" not in page
     assert "optimizer.momentum" in page and "0.9" in page
     # every PNG inlined once, in captions.json order, with its caption
     imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)

@@ -41,6 +41,8 @@ from trainmap.record.predictions import softmax
 from trainmap.results import mode_of, open_results, reopen
 
 CAPTIONS = {
+    "perturbed_embedding.plotly.json": "The predictions' InPCA trajectory, unperturbed and restarted along "
+                                       "each region (drag to rotate; click a legend entry to hide it).",
     "region_energy.png": "share of ‖θ_t − θ₀‖² in each region of J over training (the bulk's share is "
                          "the one to compare with its share of dimensions)",
     "region_spectra.png": "DMD eigenvalues of the trajectory restricted to each region: near 1 = slow modes",
@@ -183,6 +185,14 @@ def analyze_run(
         final_dist = {name: float(bhattacharyya(pert[i + 1, -1], pert[0, -1]))
                       for i, name in enumerate(names)}
         figs = _figures(steps, energy, spectra, pert_emb, ["unperturbed", *names])
+        if pert_emb.shape[-1] >= 3:  # the interactive view, one colour and one legend entry per restart
+            from trainmap._io import atomic_write_bytes
+            from trainmap.ribbon.figures import embedding_plotly_figure
+
+            groups = ["unperturbed", *names]
+            view = embedding_plotly_figure(list(pert_emb), groups,
+                                           [[f"{g}, step {int(s)}" for s in steps] for g in groups])
+            atomic_write_bytes(folder / "perturbed_embedding.plotly.json", view.to_json().encode())
 
     summary = {
         "num_params": P, "num_steps": T, "recorded_steps": int(len(steps)),

@@ -40,6 +40,10 @@ CAPTIONS = {
                            "about 1e-6).",
     "cos_uv.png": "cos(u_i, v_i): in the bulk left and right singular vectors coincide (≈ 1).",
     "delta_proj.png": "|v_iᵀ(θ_T − θ₀)|: how far training moved along each singular direction.",
+    "sigma_histogram.png": "How many singular values lie at each σ (log-spaced bins, log axes), stacked by "
+                           "region: the bulk is the tall peak at σ = 1, the chaotic tail to its right.",
+    "training_loss.png": "The batch loss of every step: a run that did not train (or diverged) makes "
+                         "its Jacobian hard to read.",
 }
 
 
@@ -63,6 +67,7 @@ def train_and_record(
     folder.save_array("theta0", th0_np)
     folder.save_array("thetaT", thT_np)
     folder.save_array("train_losses", losses)
+    folder.save_figure("training_loss.png", figures.loss_curve_figure(losses))
     return th0_np, thT_np, metrics
 
 
@@ -84,7 +89,8 @@ def decompose(
         figs = {"spectrum.png": figures.spectrum_figure(dec.S, dec.codes, thresholds),
                 "sigma_minus_one.png": figures.distance_from_one_figure(dec.S, dec.codes, thresholds),
                 "cos_uv.png": figures.cosine_figure(dec.cos_uv, dec.codes),
-                "delta_proj.png": figures.change_projection_figure(proj, dec.codes)}
+                "delta_proj.png": figures.change_projection_figure(proj, dec.codes),
+                "sigma_histogram.png": figures.sigma_histogram_figure(dec.S, dec.codes, thresholds)}
     return dec, proj, arrays, figs
 
 

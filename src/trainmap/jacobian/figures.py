@@ -81,3 +81,44 @@ def change_projection_figure(proj: np.ndarray, codes: np.ndarray) -> Any:
     ax.set_title("Parameter change in the right-singular basis")
     ax.legend(loc="lower left", fontsize=8, markerscale=4)
     return fig
+
+
+def sigma_histogram_figure(S: np.ndarray, codes: np.ndarray, th: Thresholds, bins: int = 80) -> Any:
+    """How many singular values lie at each σ: a histogram on log-spaced bins (log σ axis),
+    stacked by region; the region boundaries dashed. The bulk is the tall peak at σ = 1."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    s = np.maximum(np.asarray(S, dtype=float), np.finfo(float).tiny)
+    lo, hi = np.log10(max(s.min(), 1e-12)), np.log10(max(s.max(), 1.0) * 1.0001)
+    edges = np.logspace(lo, hi, bins + 1) if hi > lo else np.array([s.min() * 0.9, s.max() * 1.1])
+    parts = [(s[codes == c], COLORS[c], f"{NAMES[c]} ({int((codes == c).sum())})") for c in (STABLE, BULK, CHAOTIC)]
+    ax.hist([p[0] for p in parts], bins=edges, stacked=True, color=[p[1] for p in parts],
+            label=[p[2] for p in parts])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for b in (th.low, th.high):
+        ax.axvline(b, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("singular value σ of J (log scale)")
+    ax.set_ylabel("count per bin")
+    ax.set_title("Histogram of the training-Jacobian spectrum")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def loss_curve_figure(losses: np.ndarray) -> Any:
+    """The batch loss of every training step (before its update), and its running mean over
+    about 2% of the run, on a log axis."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    y = np.asarray(losses, dtype=float).reshape(-1)
+    t = np.arange(y.size)
+    ax.plot(t, y, color="#999999", lw=0.6, label="batch loss")
+    w = max(1, y.size // 50)
+    if w > 1 and y.size > w:
+        ax.plot(t[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), color="k", lw=1.4,
+                label=f"mean over {w} steps")
+    if np.all(y[np.isfinite(y)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training curve")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig

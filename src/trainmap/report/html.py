@@ -24,7 +24,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -48,12 +48,22 @@ def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
         out[prefix] = obj
 
 
-def _fmt(v: Any) -> str:
-    """A compact human reading of one JSON value."""
+def _fmt(v: Any, key: str = "", null: str = "—") -> str:
+    """A compact human reading of one JSON value; ``key`` (its name) adds units: ``*fraction*`` and
+    ``*share*`` in [0, 1] as percentages, ``*_s`` (or inside a ``*_s`` section) in seconds,
+    ``*_bytes`` in MiB or GiB."""
+    leaf = key.rsplit(".", 1)[-1].lower()
     if v is None:
-        return "NaN / not available"
+        return null
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if ("fraction" in leaf or "share" in leaf) and 0 <= v <= 1:
+            return f"{100 * v:.3g} %"
+        if leaf.endswith("_s") or key.split(".", 1)[0].endswith("_s"):  # wall_time_s.svd: seconds too
+            return f"{v:.3g} s"
+        if leaf.endswith("_bytes"):
+            return f"{v / 2**30:.3g} GiB" if v >= 2**30 else f"{v / 2**20:.3g} MiB"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
@@ -63,23 +73,44 @@ def _fmt(v: Any) -> str:
     if isinstance(v, str):
         return v
     if isinstance(v, list):
-        items = [_fmt(x) for x in v[:8]]
+        items = [_fmt(x, null=null) for x in v[:8]]
         more = f", … ({len(v)} items)" if len(v) > 8 else ""
         return "[" + ", ".join(items) + more + "]"
     return json.dumps(v)
 
 
-def _table(d: Any, css: str = "") -> str:
+def _rows(flat: Mapping[str, Any], null: str, strip: str = "") -> str:
+    muted = ' class="muted"'
+    return "".join(
+        f"<tr><th>{html.escape(k[len(strip):])}</th><td{muted if v is None else ''}>"
+        f"{html.escape(_fmt(v, k, null))}</td></tr>" for k, v in flat.items())
+
+
+def _table(d: Any, css: str = "", null: str = "—") -> str:
+    """A two-column table of the flattened ``d``; None reads ``null`` (muted, not an error)."""
     flat: dict[str, Any] = {}
     _flatten("", d if isinstance(d, dict) else {"value": d}, flat)
     if not flat:
         return "<p class=\"muted\">(empty)</p>"
-    bad = ' class="bad"'
-    rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td{bad if v is None else ''}>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in flat.items()
-    )
-    return f'<table class="{css}">{rows}</table>'
+    return f'<table class="{css}">{_rows(flat, null)}</table>'
+
+
+def _grouped_table(d: Any) -> str:
+    """The headline numbers grouped by meaning: top-level numbers first, then one titled block per
+    top-level section (a region, the metrics, the engine, the timings, ...)."""
+    if not isinstance(d, dict) or not d:
+        return _table(d, "headline")
+    top = {k: v for k, v in d.items() if not (isinstance(v, dict) and v)}
+    parts = []
+    if top:
+        parts.append(_rows(top, "—"))
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            flat: dict[str, Any] = {}
+            _flatten(k, v, flat)
+            parts.append(f'<tr class="group"><th colspan="2">{html.escape(k.replace("_", " "))}</th></tr>'
+                         + _rows(flat, "—", strip=k + "."))
+    return f'<table class="headline">{"".join(parts)}</table>'
 
 
 def _read(run_dir: Path, name: str, problems: list[str]) -> Any:
@@ -234,6 +265,7 @@ nav { font-size: 0.9em; color: #555; } nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; font-weight: 600; } td.bad { color: #b00020; font-weight: 600; }
+tr.group th { background: #e4e8f0; text-transform: capitalize; }
 table.headline td { font-variant-numeric: tabular-nums; }
 figure { margin: 1.5em 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.92em; color: #333; margin-top: 0.3em; }
@@ -298,12 +330,12 @@ def render_report(run_dir: str | Path, *, interactive: bool = True, title: str |
 {warn_html}{note_html}
 {_subreports_html(run_dir)}
 {paper_html}
-<h2 id="summary">Summary</h2>{_table(headline, "headline")}
+<h2 id="summary">Summary</h2>{_grouped_table(headline)}
 {_interactive_html(views)}
 <h2 id="figures">Figures</h2>{''.join(figs) or '<p class="muted">No figures.</p>'}
 {_arrays_html(run_dir)}
 <h2 id="config">Configuration</h2>
-<details open><summary>config.json (everything needed to rerun)</summary>{_table(config)}</details>
+<details open><summary>config.json (everything needed to rerun; "auto": chosen by trainmap)</summary>{_table(config, null="auto")}</details>
 <footer>Written by trainmap {html.escape(ver)} on {stamp} from {html.escape(name)}/. Self-contained: opens offline.</footer>
 </body></html>
 """

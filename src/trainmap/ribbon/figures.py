@@ -126,34 +126,47 @@ def _hover(r: dict) -> str:
     return f"{r['architecture']} {r['optimizer']} lr={r['lr']:g} b={r['batch_size']} seed={r['seed']}"
 
 
-def plotly_embedding(path: Path, pts: np.ndarray, groups: Sequence[str], hover: Sequence[str], steps: np.ndarray,
-                     geo: np.ndarray | None = None, p0: np.ndarray | None = None, pstar: np.ndarray | None = None) -> Path:
-    """A self-contained interactive 3-D view (plotly with the library inlined)."""
+def embedding_plotly_figure(runs: Sequence[np.ndarray], groups: Sequence[str], hover: Sequence[Sequence[str]],
+                            geo: np.ndarray | None = None, refs: dict[str, np.ndarray] | None = None) -> Any:
+    """A 3-D plotly view of trajectories: one line per run, one colour per group (condition), each
+    group once in the legend (clicking it shows or hides all its runs).
+
+    Args:
+        runs: one (T_r, ≥3) array of embedding coordinates per run.
+        groups: each run's group (condition) label.
+        hover: per run, one hover text per point.
+        geo: optional (n, ≥3) P₀→P* geodesic; refs: optional named reference points.
+    """
     import plotly.graph_objects as go
 
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
-    names = sorted(set(groups))
+    names = list(dict.fromkeys(groups))
     fig = go.Figure()
     shown: set[str] = set()
-    for i, g in enumerate(groups):
+    for pts, g, text in zip(runs, groups, hover):
         fig.add_trace(go.Scatter3d(
-            x=pts[i, :, 0], y=pts[i, :, 1], z=pts[i, :, 2], mode="lines+markers",
+            x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="lines+markers",
             line=dict(color=palette[names.index(g) % 10], width=2), marker=dict(size=2),
-            name=g, legendgroup=g, showlegend=g not in shown,
-            text=[f"{hover[i]} step {s}" for s in steps], hoverinfo="text"))
+            name=g, legendgroup=g, showlegend=g not in shown, text=list(text), hoverinfo="text"))
         shown.add(g)
     if geo is not None:
         fig.add_trace(go.Scatter3d(x=geo[:, 0], y=geo[:, 1], z=geo[:, 2], mode="lines",
                                    line=dict(color="black", dash="dash", width=4), name="geodesic P₀→P*"))
-    for p, label in ((p0, "P₀ uniform"), (pstar, "P* truth")):
-        if p is not None:
-            fig.add_trace(go.Scatter3d(x=[p[0]], y=[p[1]], z=[p[2]], mode="markers+text", text=[label],
-                                       marker=dict(size=6, color="black"), name=label))
+    for label, p in (refs or {}).items():
+        fig.add_trace(go.Scatter3d(x=[p[0]], y=[p[1]], z=[p[2]], mode="markers+text", text=[label],
+                                   marker=dict(size=6, color="black"), name=label))
     fig.update_layout(scene=dict(xaxis_title="PC1", yaxis_title="PC2", zaxis_title="PC3"),
-                      margin=dict(l=0, r=0, t=30, b=0), title="InPCA embedding")
-    html = fig.to_html(include_plotlyjs=True, full_html=True)
-    return atomic_write_bytes(path, html.encode())
+                      margin=dict(l=0, r=0, t=30, b=0), title="InPCA embedding", height=620)
+    return fig
+
+
+def plotly_embedding(path: Path, pts: np.ndarray, groups: Sequence[str], hover: Sequence[str], steps: np.ndarray,
+                     geo: np.ndarray | None = None, p0: np.ndarray | None = None, pstar: np.ndarray | None = None) -> Path:
+    """A self-contained interactive 3-D page (plotly with the library inlined) of (runs, T, k) ``pts``."""
+    refs = {k: v for k, v in (("P₀ uniform", p0), ("P* truth", pstar)) if v is not None}
+    fig = embedding_plotly_figure(list(pts), groups, [[f"{h} step {s}" for s in steps] for h in hover], geo, refs)
+    return atomic_write_bytes(path, fig.to_html(include_plotlyjs=True, full_html=True).encode())
 
 
 def embed_figures(out: Any, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.ndarray, run_of_point: np.ndarray,
@@ -183,8 +196,18 @@ def embed_figures(out: Any, emb: np.ndarray, eigenvalues: np.ndarray, chi: np.nd
         fig.colorbar(sc, ax=ax2, shrink=0.6, label="progress P₀→P*")
         ax2.set_title("coloured by progress")
     atomic_savefig(fig, out / "embedding3d.png")
+    if dims >= 3:  # the interactive view, by condition (the store a run came from)
+        runs = [e3[run_of_point == r] for r in np.unique(run_of_point)]
+        groups = [labels[int(r)].split(":", 1)[0] for r in np.unique(run_of_point)]
+        hover = [[f"{labels[int(r)]} point {i}" for i in range(len(pts))] for r, pts in zip(np.unique(run_of_point), runs)]
+        view = embedding_plotly_figure(runs, groups, hover, refs={k: np.pad(v, (0, max(0, 3 - len(v))))
+                                                                   for k, v in refs.items()})
+        atomic_write_bytes(out / "embedding3d.plotly.json", view.to_json().encode())
     spectrum_figure(out, eigenvalues, chi)
     add_captions(out, {
+        "embedding3d.plotly.json": "Trajectories in the top three InPCA components, one colour per input store "
+                                   "(condition), each once in the legend: click it to show or hide its runs; "
+                                   "hover for the run and checkpoint.",
         "embedding3d.png": "Trajectories in the top three InPCA components (left: by run; right: by progress "
                            "along the P₀→P* geodesic when targets are known).",
         "spectrum.png": "|λ_k| (red = negative, time-like) and explained stress χ_k of the embedding.",

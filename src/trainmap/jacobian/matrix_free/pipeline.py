@@ -60,6 +60,8 @@ CAPTIONS = {
     "extreme_sigma.png": "Extreme singular values from block Lanczos (top: chaotic end, bottom: "
                          "stable end); hollow markers did not converge (relative residual above "
                          f"{CONVERGED_RTOL:g}).",
+    "training_loss.png": "The batch loss of every step: a run that did not train (or diverged) makes "
+                         "its Jacobian hard to read.",
 }
 
 
