@@ -159,3 +159,45 @@ def test_docs_formulas_render_offline(browser, tmp_path):
             break
         time.sleep(0.1)
     assert browser.execute_script("return document.querySelectorAll('mjx-container').length") == 1
+
+
+def test_analyze_a_user_recipe_joint_report_in_chromium_shared_plotly_and_rerun(browser, tmp_path, monkeypatch):
+    """Issue acceptance: a model trainmap does not ship, `trainmap analyze --recipe file.py:make`, the
+    three lens folders, the joint report in a real browser, the reports sharing one plotly.js, and
+    `trainmap rerun` reproducing summary.json."""
+    import json
+    import sys
+
+    from typer.testing import CliRunner
+
+    from test_cli_analyze import USER_FILE
+    from trainmap import results
+    from trainmap.cli import app, main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_net.py").write_text(USER_FILE)
+    monkeypatch.setitem(results.RUN_COMMAND, "args", None)
+    monkeypatch.setattr(sys, "argv", ["trainmap", "analyze", "--recipe", "my_net.py:make", "--recipe-arg",
+                                      "hidden=4", "--out", "an"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code in (0, None)
+    out = tmp_path / "an"
+    for lens in ("jacobian", "koopman", "ribbon"):
+        assert json.loads((out / lens / "summary.json").read_text()), lens
+    res = inspect_page(browser, out / "report.html")
+    assert res["settled"] and res["errors"] == [] and res["requests"] == [], res
+    assert [alt for alt, ok in res["images"] if not ok] == [] and len(res["images"]) >= 3
+    assert res["views"] and all(ok for _, ok in res["views"]), res["views"]
+    inline_size = (out / "ribbon" / "report.html").stat().st_size
+    # one shared plotly.min.js for the whole tree: the nested reports load it by a relative path
+    runner = CliRunner()
+    r = runner.invoke(app, ["report", str(out), "--shared-plotly"])
+    assert r.exit_code == 0, r.output
+    assert (out / "plotly.min.js").exists() and not (out / "ribbon" / "plotly.min.js").exists()
+    nested = out / "ribbon" / "report.html"
+    assert nested.stat().st_size < inline_size - 2_000_000 and "../plotly.min.js" in nested.read_text()
+    res = inspect_page(browser, nested)
+    assert res["settled"] and res["errors"] == [] and res["views"] and all(ok for _, ok in res["views"]), res
+    r = runner.invoke(app, ["rerun", str(out), "--out", str(tmp_path / "again")])
+    assert r.exit_code == 0 and "the same as the original" in r.output, r.output

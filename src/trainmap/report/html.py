@@ -234,12 +234,24 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _interactive_html(views: list) -> str:
+#: the shared plotly.js bundle written beside the reports of a folder tree (``plotly="shared"``)
+PLOTLY_FILE = "plotly.min.js"
+
+
+def _interactive_html(views: list, plotly_src: str | None = None) -> str:
     if not views:
         return ""
-    from trainmap.report.interactive import plotly_js
+    if plotly_src is None:
+        from trainmap.report.interactive import plotly_js
 
-    parts = [f"<script>{plotly_js()}</script>", '<h2 id="interactive">Interactive views</h2>']
+        loader = f"<script>{plotly_js()}</script>"
+    else:
+        missing = _script_json(f"The interactive views need {PLOTLY_FILE}, which was not found at {plotly_src}; "
+                               "rebuild with `trainmap report DIR` (without --shared-plotly) for a "
+                               "self-contained page.")
+        loader = (f'<script src="{_href(plotly_src)}"></script><script>if(!window.Plotly){{var p=document.createElement'
+                  f"('p');p.className='warn';p.textContent={missing};document.currentScript.after(p);}}</script>")
+    parts = [loader, '<h2 id="interactive">Interactive views</h2>']
     for i, v in enumerate(views):
         div = f"plotly-{i}"
         fig = _clean(v.figure)
@@ -277,8 +289,10 @@ details summary { cursor: pointer; font-weight: 600; }
 """
 
 
-def render_report(run_dir: str | Path, *, interactive: bool = True, title: str | None = None) -> str:
-    """The report page of a results folder as an HTML string (see :func:`write_report`)."""
+def render_report(run_dir: str | Path, *, interactive: bool = True, title: str | None = None,
+                  plotly_src: str | None = None) -> str:
+    """The report page of a results folder as an HTML string (see :func:`write_report`);
+    ``plotly_src``: a relative path to a shared plotly.js instead of inlining it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a results folder (no such directory); pass the folder "
@@ -331,17 +345,18 @@ def render_report(run_dir: str | Path, *, interactive: bool = True, title: str |
 {_subreports_html(run_dir)}
 {paper_html}
 <h2 id="summary">Summary</h2>{_grouped_table(headline)}
-{_interactive_html(views)}
+{_interactive_html(views, plotly_src)}
 <h2 id="figures">Figures</h2>{''.join(figs) or '<p class="muted">No figures.</p>'}
 {_arrays_html(run_dir)}
 <h2 id="config">Configuration</h2>
 <details open><summary>config.json (everything needed to rerun; "auto": chosen by trainmap)</summary>{_table(config, null="auto")}</details>
-<footer>Written by trainmap {html.escape(ver)} on {stamp} from {html.escape(name)}/. Self-contained: opens offline.</footer>
+<footer>Written by trainmap {html.escape(ver)} on {stamp} from {html.escape(name)}/. {"Self-contained: opens offline." if plotly_src is None else "Opens offline; its interactive views read the shared " + html.escape(PLOTLY_FILE) + "."}</footer>
 </body></html>
 """
 
 
-def write_report(run_dir: str | Path, *, interactive: bool = True, title: str | None = None) -> Path:
+def write_report(run_dir: str | Path, *, interactive: bool = True, title: str | None = None,
+                 plotly: str = "inline", plotly_root: str | Path | None = None) -> Path:
     """Write ``run_dir/report.html``: warnings, summary table, interactive views, figures, config.
 
     Args:
@@ -349,11 +364,31 @@ def write_report(run_dir: str | Path, *, interactive: bool = True, title: str | 
         interactive: inline plotly views (eigenvalues, embeddings, ``*.plotly.json``); they add
             about 5 MB of plotly.js to the page, once.
         title: page title (default: the folder name).
+        plotly: ``"inline"`` (self-contained page) or ``"shared"``: write ``plotly.min.js`` once into
+            ``plotly_root`` (default ``run_dir``) and load it from there by a relative path, so that the
+            reports of a folder tree share one copy.
+        plotly_root: the folder holding the shared ``plotly.min.js`` (``run_dir`` or a parent of it).
 
     Returns:
         The path of the report (written atomically).
     """
-    page = render_report(run_dir, interactive=interactive, title=title)
+    if plotly not in ("inline", "shared"):
+        raise ValueError(f"plotly must be 'inline' or 'shared', got {plotly!r}")
+    src = None
+    if plotly == "shared" and interactive:
+        root = Path(plotly_root or run_dir).resolve()
+        here = Path(run_dir).resolve()
+        if root != here and root not in here.parents:
+            raise ValueError(f"plotly_root {root} must be {here} or one of its parent folders")
+        shared = root / PLOTLY_FILE
+        if not shared.exists():
+            from trainmap.report.interactive import plotly_js
+
+            atomic_write_bytes(shared, plotly_js().encode())
+            if (root / MANIFEST).exists():  # a results folder's own file: --overwrite removes it too
+                reopen(root).add_file(PLOTLY_FILE)
+        src = "/".join([".."] * len(here.relative_to(root).parts) + [PLOTLY_FILE])
+    page = render_report(run_dir, interactive=interactive, title=title, plotly_src=src)
     path = atomic_write_bytes(Path(run_dir) / REPORT_FILE, page.encode())
     if (Path(run_dir) / MANIFEST).exists():  # recorded, so that --overwrite removes it too
         reopen(run_dir).add_file(REPORT_FILE)
@@ -368,8 +403,11 @@ def write_reports(run_dir: str | Path, **kwargs: Any) -> Path:
         The path of the top folder's report.
     """
     root = Path(run_dir)
+    if kwargs.get("plotly") == "shared":
+        kwargs.setdefault("plotly_root", root)
+    sub_kwargs = {k: v for k, v in kwargs.items() if k != "title"}  # a title names the top report only
     for manifest in sorted(root.rglob(MANIFEST), key=lambda p: -len(p.parts)):
         sub = manifest.parent
         if sub != root and reopen(sub).summary is not None:
-            write_report(sub, **kwargs)
+            write_report(sub, **sub_kwargs)
     return write_report(root, **kwargs)
