@@ -21,7 +21,7 @@ def test_embed_and_linear_commands(tmp_path):
         traj = predictions_from_arrays(logits=logits[i:2] + 0 * s, targets=targets, probe=np.arange(9))
         paths.append(str(traj.save(tmp_path / f"t{i}.zarr")))
     runner = CliRunner()
-    res = runner.invoke(app, ["embed", *paths, "--out", str(tmp_path / "emb"), "--components", "4"])
+    res = runner.invoke(app, ["embed", *paths, "--out", str(tmp_path / "emb"), "--components", "4", "--references"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "emb" / "summary.json").read_text())
     assert summary["num_points"] == 3 * 6 + 2 and 0 < summary["chi_3"] <= 1

@@ -147,7 +147,7 @@ def analyze_run(
 
     with stage("InPCA of the prediction trajectory", progress):
         rdir = open_results(folder.dir("ribbon"), "overwrite", kind="ribbon", config={"components": components})
-        emb = joint_embedding(probs, np.asarray(y_probe), components=components, progress=False)
+        emb = joint_embedding(probs, np.asarray(y_probe), components=components, references=True, progress=False)
         rsum = rdir.finish(stress_summary(emb.model), arrays={"inpca_embedding": emb.model.embedding_,
                                                               "inpca_eigenvalues": emb.model.eigenvalues_})
 
@@ -180,7 +180,7 @@ def analyze_run(
         pert = np.concatenate([probs[None], softmax(run_probs, dtype=np.float64)])  # (1 + n, R, N, C)
         n_runs, R = pert.shape[:2]
         joint = joint_embedding(pert.reshape(n_runs * R, *pert.shape[2:]), np.asarray(y_probe),
-                                components=components, progress=False)
+                                components=components, references=True, progress=False)
         pert_emb = joint.model.embedding_[: n_runs * R].reshape(n_runs, R, -1)
         final_dist = {name: float(bhattacharyya(pert[i + 1, -1], pert[0, -1]))
                       for i, name in enumerate(names)}

@@ -41,7 +41,8 @@ def embed(
     paths: List[Path] = typer.Argument(..., help="PredictionTrajectory stores (.zarr) recorded on one probe set."),
     out: Path = typer.Option(Path("results/ribbon-embed"), help="Results folder."),
     components: int = typer.Option(10, help="InPCA components kept."),
-    references: bool = typer.Option(True, help="Add P0 (uniform) and P* (one-hot truth) when targets are known."),
+    references: bool = typer.Option(False, help="Also embed P0 (uniform) and P* (one-hot truth), when the stores "
+                                                "carry targets (off by default, as InPCA().fit in Python)."),
     block: int = typer.Option(256, help="Checkpoints per Bhattacharyya block."),
     float64: bool = typer.Option(False, help="float64 products (slower; float32 is accurate to ~1e-7)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),

@@ -30,11 +30,12 @@ class JointEmbedding(NamedTuple):
 
 
 def joint_embedding(probs: np.ndarray, targets: np.ndarray | None, components: int = 10,
-                    references: bool = True, progress: bool = True, **inpca: Any) -> JointEmbedding:
-    """Embed (n, N, C) predicted probabilities jointly with P₀ (uniform) and P* (one-hot truth).
+                    references: bool = False, progress: bool = True, **inpca: Any) -> JointEmbedding:
+    """Embed (n, N, C) predicted probabilities, optionally jointly with P₀ (uniform) and P* (one-hot truth).
 
-    The references are added when ``references`` and ``targets`` ((N,) classes) are given; the
-    InPCA eigenvalues then include them, as in Mao et al. (2024).
+    The references are added only when asked (``references=True``, the same default as
+    ``InPCA().fit`` and ``trainmap ribbon embed --references``) and ``targets`` ((N,) classes) are
+    given; the InPCA eigenvalues then include them, as in Mao et al. (2024).
     """
     from trainmap.ribbon.inpca import InPCA
     from trainmap.ribbon.measures import geodesic_points, geodesic_progress, onehot_prediction, uniform_prediction
@@ -69,7 +70,7 @@ def stress_summary(model: Any) -> dict[str, Any]:
 
 
 def embed_stores(paths: Sequence[str | Path], out: str | Path, *, components: int = 10,
-                 references: bool = True, block: int = 256, float64: bool = False,
+                 references: bool = False, block: int = 256, float64: bool = False,
                  mode: str = "new", progress: bool = True) -> dict[str, Any]:
     """``trainmap ribbon embed``: one joint embedding of prediction-trajectory stores.
 
