@@ -150,3 +150,27 @@ def test_as_stack_accepts_runs_lists_and_trajectories():
     assert as_stack(Trajectory(x, np.arange(5))).shape == (2, 5, 3)
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         DMD(rank=0).fit(x)
+
+
+def test_many_runs_and_delays_match_pydmd_fit_on_our_snapshot_pairs():
+    """PyDMD's fit(X, Y) takes explicit pairs: on trainmap's per-run (delay-embedded) pairs it gives
+    trainmap's eigenvalues. What it lacks is building those pairs (its HankelDMD.fit takes one sequence)."""
+    import warnings
+
+    pydmd = pytest.importorskip("pydmd", reason="pydmd is a test-only dependency (pip install 'trainmap[test]')")
+    from trainmap.koopman import delay_embed, snapshot_pairs
+
+    rng = np.random.default_rng(0)
+    A = np.linalg.qr(rng.standard_normal((6, 6)))[0] * 0.95
+    stack = np.zeros((4, 31, 6))
+    stack[:, 0] = rng.standard_normal((4, 6))
+    for t in range(30):
+        stack[:, t + 1] = stack[:, t] @ A.T
+    for delays in (0, 2):
+        ours = DMD(rank=6, delays=delays).fit(stack).eigenvalues_
+        X, Y = snapshot_pairs(delay_embed(stack, delays))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyDMD warns about the (exactly linear) data's conditioning
+            ref = pydmd.DMD(svd_rank=6, exact=True).fit(X, Y).eigs
+        got, want = _match_sorted(ours, ref)
+        np.testing.assert_allclose(got, want, atol=1e-12)
