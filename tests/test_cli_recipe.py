@@ -91,3 +91,23 @@ def test_recipe_mistakes_are_one_error_line_and_write_nothing(tmp_path, user_fil
     assert res.exit_code == 2 and res.output.startswith("error: ") and msg in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_koopman_spectrum_and_ribbon_embed_take_a_jax_recipe(tmp_path):
+    import json
+
+    from test_cli_analyze import USER_FILE
+    from trainmap.record import Trajectory
+
+    (tmp_path / "my_net.py").write_text(USER_FILE)
+    spec = f"{tmp_path / 'my_net.py'}:make"
+    r = runner.invoke(app, ["koopman", "spectrum", "--recipe", spec, "--recipe-arg", "hidden=3", "--every", "4",
+                            "--pca", "3", "--out", str(tmp_path / "k")])
+    assert r.exit_code == 0, r.output
+    t = Trajectory.load(tmp_path / "k" / "trajectory.zarr")
+    assert t.shape == (1, 7, 64 * 3 + 3 * 10 + 64 * 10) and set(t.meta["layers"]) == {"skip", "w1", "w2"}
+    r = runner.invoke(app, ["ribbon", "embed", "--recipe", spec, "--recipe-arg", "hidden=3", "--references",
+                            "--components", "3", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["num_points"] == 24 + 1 + 2  # T // 50 -> every step of the 24, plus P0 and P*

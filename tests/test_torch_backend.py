@@ -411,3 +411,30 @@ def test_trainmap_analyze_reads_a_torch_run_through_all_three_lenses(tmp_path):
     for sub in ("jacobian", "koopman", "ribbon"):
         assert (tmp_path / "joint" / sub / "summary.json").exists()
     assert (tmp_path / "joint" / "report.html").exists()
+
+
+def test_koopman_and_ribbon_commands_take_a_recipe(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from trainmap.cli import app
+    from trainmap.record import PredictionTrajectory, Trajectory
+
+    (tmp_path / "my_torch_run.py").write_text(RECIPE_FILE)
+    spec = f"{tmp_path / 'my_torch_run.py'}:run"
+    r = CliRunner().invoke(app, ["koopman", "spectrum", "--recipe", spec, "--every", "1", "--pca", "3",
+                                 "--out", str(tmp_path / "k")])
+    assert r.exit_code == 0, r.output
+    t = Trajectory.load(tmp_path / "k" / "trajectory.zarr")
+    assert t.shape == (1, 11, 64 * 4 + 4 + 4 * 10 + 10) and list(t.meta["layers"])[0] == "0.weight"
+    cfg = json.loads((tmp_path / "k" / "config.json").read_text())
+    assert cfg["recipe_source"]["function"] == "run" and cfg["every"] == 1
+    r = CliRunner().invoke(app, ["ribbon", "embed", "--recipe", spec, "--every", "2", "--probe-size", "50",
+                                 "--components", "3", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    p = PredictionTrajectory.load(tmp_path / "r" / "predictions.zarr")
+    assert p.shape == (1, 6, 50, 10)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["num_points"] == 6
+    r = CliRunner().invoke(app, ["ribbon", "embed", "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "give prediction-trajectory stores or --recipe" in r.output

@@ -32,3 +32,9 @@ def run_lens(fn: Callable[[], Any]) -> Any:
             raise
         typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from exc
+
+
+def usage_error(message: str) -> None:
+    """Stop a command with ``error: message`` on stderr and exit code 2 (nothing written)."""
+    typer.secho(error_line(ValueError(message)), fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)

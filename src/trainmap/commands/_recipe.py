@@ -123,3 +123,56 @@ def builtin_run(setup_kwargs: dict | None = None) -> LoadedRecipe:
     s = digits_mlp(**(setup_kwargs or {}))
     d = s.data
     return LoadedRecipe(s.recipe, s.theta0, {"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)}, {})
+
+
+def record_run(loaded: LoadedRecipe, every: int | None, probe_size: int = 256) -> tuple[Any, Any]:
+    """Train a loaded run once and record it for the Koopman and ribbon lenses.
+
+    Args:
+        loaded: the run (:func:`load_recipe`), JAX or PyTorch.
+        every: record every k steps (None: T // 50, at least 1).
+        probe_size: the first this many training inputs are the probe set of the predictions.
+
+    Returns:
+        ``(weights, predictions)``: a (1, R, P) :class:`~trainmap.record.store.Trajectory` with the
+        parameter table under ``meta["layers"]``, and a (1, R, N, C)
+        :class:`~trainmap.record.store.PredictionTrajectory` (softmax of the outputs).
+    """
+    import numpy as np
+
+    from trainmap.protocol import is_traceable
+    from trainmap.record import PredictionTrajectory, from_arrays
+    from trainmap.record.predictions import probe_fingerprint, softmax
+
+    recipe, theta0 = loaded.recipe, loaded.theta0
+    T = recipe.num_steps
+    k = max(1, T // 50) if not every else int(every)
+    if k < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    x, y = np.asarray(recipe.x)[:probe_size], np.asarray(recipe.y)[:probe_size]
+    if is_traceable(recipe):
+        import jax
+        import jax.numpy as jnp
+
+        from trainmap.record.recorders import pytree_layout
+
+        rec = jax.jit(lambda th: recipe.run(th, k, probe=x))(jnp.asarray(theta0))
+        table = {n: v["shape"] for n, v in pytree_layout(recipe.unravel(jnp.asarray(theta0))).items()}
+    else:
+        rec = recipe.run(theta0, k, probe=x)
+        table = dict(zip(recipe.names, recipe.shapes))
+    steps = np.asarray(rec.steps)
+    label = loaded.source.get("function", "run") if loaded.source else "run"
+    weights = from_arrays(np.asarray(rec.params)[None], steps, [label], {"every": k, "source": "recipe"},
+                          layers=table)
+    targets = y if np.issubdtype(y.dtype, np.integer) and y.ndim == 1 else None
+    preds = PredictionTrajectory(softmax(rec.probe_outputs)[None], steps, [label], targets,
+                                 {"probe": probe_fingerprint(x), "every": k, "source": "recipe"})
+    return weights, preds
+
+
+def keep_store(out: Any, name: str, traj: Any) -> None:
+    """Save ``traj`` as ``out/name`` (a zarr store), recorded in the results folder's manifest."""
+    from trainmap.results import reopen
+
+    traj.save(reopen(out).dir(name, create=False))

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from trainmap.commands._common import run_lens
+from trainmap.commands._common import run_lens, usage_error
 
 app = typer.Typer(help="Koopman lens: DMD spectra of training dynamics and conjugacy tests.",
                   no_args_is_help=True)
@@ -39,7 +39,13 @@ def _finish(out: Path, lines: List[str]) -> None:
 
 @app.command("spectrum")
 def spectrum_command(
-    traj: Path = typer.Argument(..., help="trajectory store (.zarr) written by a trainmap recorder"),
+    traj: Optional[Path] = typer.Argument(None, help="trajectory store (.zarr) written by a trainmap recorder "
+                                                      "(or give --recipe)"),
+    recipe: Optional[str] = typer.Option(None, help="path.py:function or module:function returning (recipe, theta0), "
+                                                    "JAX or PyTorch: train it once and use its weight trajectory."),
+    recipe_arg: Optional[List[str]] = typer.Option(
+        None, "--recipe-arg", help="name=value passed to the --recipe function (repeatable; values read as JSON)."),
+    every: int = typer.Option(0, help="with --recipe: record θ_t every k steps (0: T // 50)."),
     out: Optional[Path] = typer.Option(None, help=OUT_HELP),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     layers: Optional[str] = typer.Option(None, help="comma-separated layer names to keep (default: all)"),
@@ -50,12 +56,22 @@ def spectrum_command(
     seed: int = typer.Option(0, help="seed of the random projection"),
 ) -> None:
     """DMD spectrum of a recorded trajectory: pooled over its runs and per run."""
+    from trainmap.commands._recipe import keep_store, load_recipe, record_run
     from trainmap.koopman.experiments.stores import spectrum_of_store
 
     out = _out(out, "spectrum")
-    summary = run_lens(lambda: spectrum_of_store(traj, out, layers=_layers(layers), pca=pca,
+    if (traj is None) == (recipe is None):
+        usage_error("give a trajectory store or --recipe path.py:function (not both)")
+    source, weights = None, traj
+    if recipe is not None:
+        loaded = run_lens(lambda: load_recipe(recipe, recipe_arg or []))
+        weights = run_lens(lambda: record_run(loaded, every or None)[0])
+        source = {"recipe_source": loaded.source, "every": weights.meta["every"]}
+    summary = run_lens(lambda: spectrum_of_store(weights, out, layers=_layers(layers), pca=pca,
                                                  projection=projection, delays=delays, rank=rank, seed=seed,
-                                                 overwrite=overwrite))
+                                                 overwrite=overwrite, config=source))
+    if recipe is not None:
+        keep_store(out, "trajectory.zarr", weights)
     _finish(out, [f"{summary['n_eigenvalues']} eigenvalues, max |λ| = {summary['max_modulus']:.6g}"])
 
 

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from trainmap.commands._common import run_lens
+from trainmap.commands._common import run_lens, usage_error
 from trainmap.results import mode_of
 
 app = typer.Typer(help="Hyper-ribbon lens: InPCA of prediction trajectories and linear-model theory.",
@@ -38,7 +38,15 @@ def _floats(text: str) -> list[float]:
 # ----------------------------------------------------------------------------- embed
 @app.command("embed")
 def embed(
-    paths: List[Path] = typer.Argument(..., help="PredictionTrajectory stores (.zarr) recorded on one probe set."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="PredictionTrajectory stores (.zarr) recorded on one "
+                                                             "probe set (or give --recipe)."),
+    recipe: Optional[str] = typer.Option(None, help="path.py:function or module:function returning (recipe, theta0), "
+                                                    "JAX or PyTorch: train it once and embed its predictions on "
+                                                    "the first --probe-size training inputs."),
+    recipe_arg: Optional[List[str]] = typer.Option(
+        None, "--recipe-arg", help="name=value passed to the --recipe function (repeatable; values read as JSON)."),
+    every: int = typer.Option(0, help="with --recipe: record the predictions every k steps (0: T // 50)."),
+    probe_size: int = typer.Option(256, help="with --recipe: probe samples (the first training inputs)."),
     out: Path = typer.Option(Path("results/ribbon-embed"), help="Results folder."),
     components: int = typer.Option(10, help="InPCA components kept."),
     references: bool = typer.Option(False, help="Also embed P0 (uniform) and P* (one-hot truth), when the stores "
@@ -48,10 +56,21 @@ def embed(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Joint InPCA embedding of one or more prediction trajectories."""
+    from trainmap.commands._recipe import keep_store, load_recipe, record_run
     from trainmap.ribbon.experiments.embed import embed_stores
 
-    summary = run_lens(lambda: embed_stores(paths, out, components=components, references=references,
-                                            block=block, float64=float64, mode=mode_of(overwrite=overwrite)))
+    if bool(paths) == (recipe is not None):
+        usage_error("give prediction-trajectory stores or --recipe path.py:function (not both)")
+    source, inputs = None, paths
+    if recipe is not None:
+        loaded = run_lens(lambda: load_recipe(recipe, recipe_arg or []))
+        preds = run_lens(lambda: record_run(loaded, every or None, probe_size)[1])
+        source, inputs = {"recipe_source": loaded.source, "every": preds.meta["every"], "probe_size": probe_size}, [preds]
+    summary = run_lens(lambda: embed_stores(inputs, out, components=components, references=references,
+                                            block=block, float64=float64, mode=mode_of(overwrite=overwrite),
+                                            config=source))
+    if recipe is not None:
+        keep_store(out, "predictions.zarr", preds)
     typer.echo(f"chi_3 = {summary['chi_3']:.3f} over {summary['num_points']} points")
     _finish(out)
 

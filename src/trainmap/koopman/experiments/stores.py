@@ -11,10 +11,14 @@ import numpy as np
 from trainmap.results import check_folder, mode_of
 
 
-def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] = None,
+def spectrum_of_store(traj: Any, out: Path, *, layers: Optional[Sequence[str]] = None,
                       pca: Optional[int] = None, projection: Optional[int] = None, delays: int = 0,
-                      rank: Optional[int] = None, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+                      rank: Optional[int] = None, seed: int = 0, overwrite: bool = False,
+                      config: Optional[dict] = None) -> dict[str, Any]:
     """DMD spectrum of a recorded trajectory, pooled over its runs and per run; writes ``out``.
+
+    ``traj``: a trajectory store's path, or a :class:`~trainmap.record.store.Trajectory` in memory
+    (``config`` then says where it came from).
 
     Returns:
         The summary (also in ``summary.json``).
@@ -24,10 +28,13 @@ def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] 
     from trainmap.koopman.results import ragged, write_results
     from trainmap.record.store import Trajectory
 
-    traj = Path(traj)
     mode = mode_of(overwrite=overwrite)
     check_folder(out, mode, kind="koopman-spectrum")
-    t = Trajectory.load(traj)
+    if isinstance(traj, Trajectory):
+        t, traj = traj, Path("trajectory")
+    else:
+        traj = Path(traj)
+        t = Trajectory.load(traj)
     cfg = ObservableConfig(list(layers) if layers else None, pca, projection, delays, rank, seed)
     per_run = t.shape[1] - delays - 1 >= (rank or 1)
     res = spectrum(t, cfg, per_run=per_run)
@@ -41,7 +48,7 @@ def spectrum_of_store(traj: Path, out: Path, *, layers: Optional[Sequence[str]] 
     if res.per_run:
         arrays["per_run_eigenvalues"] = ragged(res.per_run)
     config = {"trajectory": str(traj), "layers": cfg.layers, "pca": pca, "projection": projection,
-              "delays": delays, "rank": rank, "seed": seed}
+              "delays": delays, "rank": rank, "seed": seed, **(config or {})}
     write_results(out, config, summary, arrays, figs, kind="koopman-spectrum", mode=mode, captions=
                   {"spectrum.png": "Eigenvalues near 1 are slow modes; outside the unit circle means growth."})
     return summary

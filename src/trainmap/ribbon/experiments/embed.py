@@ -69,13 +69,14 @@ def stress_summary(model: Any) -> dict[str, Any]:
                 widths=[float(v) for v in widths(model.embedding_)], total_stress=model.total_stress_)
 
 
-def embed_stores(paths: Sequence[str | Path], out: str | Path, *, components: int = 10,
+def embed_stores(paths: Sequence[Any], out: str | Path, *, components: int = 10,
                  references: bool = False, block: int = 256, float64: bool = False,
-                 mode: str = "new", progress: bool = True) -> dict[str, Any]:
+                 mode: str = "new", progress: bool = True, config: dict | None = None) -> dict[str, Any]:
     """``trainmap ribbon embed``: one joint embedding of prediction-trajectory stores.
 
     Args:
-        paths: PredictionTrajectory stores recorded on one probe set.
+        paths: PredictionTrajectory stores recorded on one probe set (paths, or trajectories in
+            memory; ``config`` then says where they came from).
         out: results folder.
         components: InPCA components kept.
         references: add P₀ and P* when the stores carry targets.
@@ -90,9 +91,10 @@ def embed_stores(paths: Sequence[str | Path], out: str | Path, *, components: in
     from trainmap.record.store import PredictionTrajectory
     from trainmap.ribbon.figures import embed_figures
 
+    trajs = [p if isinstance(p, PredictionTrajectory) else PredictionTrajectory.load(p) for p in paths]
+    paths = [Path("predictions") if isinstance(p, PredictionTrajectory) else Path(p) for p in paths]
     config = dict(command="ribbon embed", inputs=[str(p) for p in paths], components=components,
-                  references=references, block=block, float64=float64)
-    trajs = [PredictionTrajectory.load(p) for p in paths]
+                  references=references, block=block, float64=float64, **(config or {}))
     check_compatible(trajs, [str(p) for p in paths])
     folder = open_results(out, mode, kind="ribbon-embed", config=config)
     probs = np.concatenate([np.asarray(t.probs).reshape(-1, *t.shape[2:]) for t in trajs])
