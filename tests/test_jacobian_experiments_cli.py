@@ -67,3 +67,14 @@ def test_group_dtype_reaches_the_experiments_jacobian(tmp_path):
     # the same main folder asked for in float32: refused, with the reason
     again = runner.invoke(app, [*TINY, "--out", str(jdir), "change", "--out", str(tmp_path / "c32")])
     assert again.exit_code == 2 and "float64" in again.output
+
+
+def test_reproduce_only_takes_the_subcommand_names():
+    import typer
+
+    from trainmap.commands.jacobian_experiments import ONLY_NAMES
+    from trainmap.jacobian.experiments.reproduce import EXPERIMENTS
+
+    group = typer.main.get_command(app).commands["jacobian"]
+    names = set(group.commands) - {"reproduce", "scaling"}
+    assert sorted(ONLY_NAMES.get(n, n) for n in names) == sorted(EXPERIMENTS)

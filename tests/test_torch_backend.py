@@ -161,7 +161,7 @@ def _jax_cnn_apply(sizes, shapes):
 def _cnn_pair(dtype):
     torch.manual_seed(3)
     model = _TorchCNN().to(dtype)
-    batches = np.random.default_rng(2).integers(0, len(X), (15, 32))
+    batches = np.random.default_rng(2).integers(0, len(X), (10, 32))
     recipe_t, th0 = torch_recipe(model, torch.optim.Adam(model.parameters(), lr=3e-3),
                                  nn.CrossEntropyLoss(), torch.tensor(X, dtype=dtype), Y, batches)
     sizes = [p.numel() for p in model.parameters()]

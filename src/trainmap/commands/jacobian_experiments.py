@@ -25,6 +25,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
+#: ``reproduce --only`` takes the subcommand names; the experiment each one runs
+ONLY_NAMES = {"perturb": "perturbation", "labels": "dependence"}
+
 from trainmap.commands._common import run_lens
 
 
@@ -257,8 +260,8 @@ def register(app: typer.Typer) -> None:
         seeds: str = typer.Option("0,1,2", help="Seeds of the seed-overlap experiment."),
         jacobian_dir: Optional[Path] = typer.Option(
             None, help="A finished `trainmap jacobian` folder of the same setup to reuse."),
-        only: str = typer.Option("", help="Comma-separated subset of: change, perturbation, ood, "
-                                          "restricted, linearized, dependence, seeds."),
+        only: str = typer.Option("", help="Comma-separated subset, by subcommand name: change, perturb, ood, "
+                                          "restricted, linearized, labels, seeds."),
         resume: bool = typer.Option(False, help="Continue a killed run: reuse finished Jacobians and experiments."),
         overwrite: bool = typer.Option(False, help="Replace a previous results folder."),
     ) -> None:
@@ -267,7 +270,8 @@ def register(app: typer.Typer) -> None:
         from trainmap.jacobian.experiments.reproduce import headline_table
 
         seed_list = _ints(seeds, "--seeds")
-        subset = [s.strip() for s in only.split(",") if s.strip()] or None
+        # the subcommands' names; the experiments' own names (perturbation, dependence) work too
+        subset = [ONLY_NAMES.get(s.strip(), s.strip()) for s in only.split(",") if s.strip()] or None
 
         def go() -> dict:
             js = _setup(ctx)
