@@ -4,6 +4,7 @@ Usage::
 
     python bench/torch_backend.py               # MLP 64-64-10, 5 epochs (125 steps): about 2 min
     python bench/torch_backend.py --epochs 25   # the reference run (625 steps)
+    python bench/torch_backend.py --micro       # the chunk-size sweep and torch.func.linearize, 20 steps
 
 The setup is the published digits MLP (GELU, tanh form, SGD momentum 0.9, cosine lr from 0.1, batch 64),
 θ₀ and batch order taken from trainmap's JAX preset, the same weights loaded into an
@@ -135,6 +136,58 @@ def child(which: str, epochs: int, out: Path) -> None:
     out.write_text(json.dumps(info))
 
 
+def micro(steps: int = 20) -> dict:
+    """Where the backend's time goes, on the first ``steps`` steps of the reference run: the time per
+    step and tangent of one vmapped jvp through the loop at several widths K (K = P is what
+    ``jacfwd`` does), and one step's ``torch.func.linearize`` (trace once, then apply) against its
+    ``jvp``, both at 128 tangents."""
+    import torch
+    from torch import nn
+    from torch.func import jvp, linearize, vmap
+
+    from trainmap.torch import torch_recipe
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    setup = _setup(1)
+    model = _torch_model(setup)
+    recipe = setup.recipe
+    batches = np.asarray(recipe.batches)[:steps]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    r, theta0 = torch_recipe(model, opt, nn.CrossEntropyLoss(), torch.tensor(np.asarray(recipe.x)),
+                             torch.tensor(np.asarray(recipe.y), dtype=torch.long), batches)
+    P, th = r.num_params, r.theta_tensor(theta0)
+    sweep = {}
+    for K in (64, 256, 512, 1024, P):
+        V = torch.eye(P)[:K]
+        t0 = time.perf_counter()
+        vmap(lambda v: jvp(r._train, (th,), (v,))[1])(V)
+        sweep[str(K)] = (time.perf_counter() - t0) / steps / K * 1e6
+        print(f"[bench] K = {K:5d}: {sweep[str(K)]:6.1f} µs per step and tangent", flush=True)
+
+    def one_step(z: torch.Tensor) -> torch.Tensor:  # (θ, momentum) -> the next (θ, momentum)
+        p, buf = r.split(z[:P]), r.split(z[P:])
+        p2, s2, _ = r.step(1, p, [[b] for b in buf])
+        return torch.cat([r.flat(p2), r.flat([s[0] for s in s2])])
+
+    z = torch.cat([th, torch.zeros(P)])
+    Z = torch.eye(2 * P)[:128]
+    times = {}
+    for name, fn in (("linearize_trace_s", lambda: linearize(one_step, z)),):
+        t0 = time.perf_counter()
+        _, lin = fn()
+        times[name] = time.perf_counter() - t0
+    for name, fn in (("linearized_apply_s", lambda: vmap(lin)(Z)),
+                     ("jvp_step_s", lambda: vmap(lambda v: jvp(one_step, (z,), (v,))[1])(Z))):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            fn()
+        times[name] = (time.perf_counter() - t0) / 5
+    print(f"[bench] one step, 128 tangents: linearize traces in {times['linearize_trace_s']:.3f} s, then "
+          f"applies in {times['linearized_apply_s'] * 1e3:.1f} ms; jvp {times['jvp_step_s'] * 1e3:.1f} ms")
+    return {"steps": steps, "num_params": P, "us_per_step_and_tangent": sweep, "one_step_128_tangents": times}
+
+
 def run_child(which: str, epochs: int) -> tuple[dict, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
@@ -147,6 +200,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--micro", action="store_true", help="only the chunk-size sweep and the linearize measurement")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -154,6 +208,14 @@ def main() -> None:
     sys.path.insert(0, str(HERE.parent / "src"))
     if a.child:
         child(a.child, a.epochs, a.child_out)
+        return
+    if a.micro:
+        from trainmap._io import atomic_write_json
+
+        res = {"benchmark": "torch backend: chunk width and linearize", "command": "python bench/torch_backend.py --micro",
+               "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg_before": os.getloadavg()},
+               **micro()}
+        atomic_write_json(a.out or HERE / "results" / "torch_backend_micro_cpu.json", res)
         return
     load_before = os.getloadavg()
     reps, Js = {}, {}

@@ -99,6 +99,7 @@ def test_cli_default_equals_the_authors_route_to_float32_round_off(tmp_path):
     np.testing.assert_allclose(S, S_ref, rtol=0, atol=1e-5 * S_ref[0])
 
 
+@pytest.mark.slow  # opt-in: the options themselves are covered by the CLI tests
 def test_earlier_default_stays_available_through_options(tmp_path):
     out = tmp_path / "old"
     args = ["jacobian", "--hidden", "4", "--epochs", "1", "--batch-size", "200", "--init", "torch",

@@ -317,8 +317,9 @@ class TorchRecipe:
 
         torch dispatches every operation from Python, so a chunk must be wide enough to amortise
         that; past the caches it slows again. On the reference MLP (P = 4,810, SGD momentum,
-        2-core CPU) the time per step and tangent was 83 µs at K = 64, 55 at 256, 50 at 512, 45 at
-        1,024 and 122 at K = P (one vmap over every column, as ``jacfwd`` does).
+        2-core CPU; ``python bench/torch_backend.py --micro``) the time per step and tangent was
+        77.5 µs at K = 64, 59.7 at 256, 48.9 at 512, 49.0 at 1,024 and 100.0 at K = P (one vmap over
+        every column, as ``jacfwd`` does).
         """
         floats = self.num_params * (1 + max(self.optimizer.num_state(g) for g in range(len(self.optimizer.groups))))
         per = floats * torch.tensor([], dtype=self.param_dtype).element_size()
