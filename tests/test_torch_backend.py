@@ -438,3 +438,45 @@ def test_koopman_and_ribbon_commands_take_a_recipe(tmp_path):
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["num_points"] == 6
     r = CliRunner().invoke(app, ["ribbon", "embed", "--out", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "give prediction-trajectory stores or --recipe" in r.output
+
+
+class _TokenModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, tokens):  # tokens: (B, 2) integer ids
+        return self.out(self.emb(tokens).reshape(tokens.shape[0], -1))
+
+
+def test_integer_inputs_float_targets_and_float64_arrays():
+    torch.manual_seed(5)
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(0, 7, (40, 2))          # int64 NumPy: kept as integers (an embedding's ids)
+    targets = rng.standard_normal((40, 3))       # float64 NumPy: cast to the model's float dtype
+    model = _TokenModel()
+    batches = rng.integers(0, 40, (8, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    recipe, th0 = torch_recipe(model, opt, nn.functional.mse_loss, tokens, targets, batches)
+    ours = recipe.train(th0)
+    for idx in batches:
+        opt.zero_grad()
+        nn.functional.mse_loss(model(torch.tensor(tokens[idx])), torch.tensor(targets[idx], dtype=torch.float32)).backward()
+        opt.step()
+    ref = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    assert np.max(np.abs(ours - ref)) <= 1e-6 * np.max(np.abs(ref))
+    assert recipe.predict(ours, tokens[:5]).shape == (5, 3)
+    rec = recipe.run(th0, record_every=4, probe=tokens[:6])
+    assert rec.probe_outputs.shape == (3, 6, 3)
+    # a float64 model takes float64 arrays as they are
+    m64 = _TokenModel().double()
+    r64, t64 = torch_recipe(m64, torch.optim.SGD(m64.parameters(), lr=0.1), nn.functional.mse_loss, tokens,
+                            targets, batches)
+    assert t64.dtype == np.float64 and r64.train(t64).dtype == np.float64
+    # float targets reach the loss with a zero tangent (F.mse_loss's backward needs one): J is right
+    v = rng.standard_normal(r64.num_params)
+    fd = (r64.train(t64 + 1e-6 * v) - r64.train(t64 - 1e-6 * v)) / 2e-6
+    assert np.max(np.abs(r64.jvp(t64, v[None])[0] - fd)) <= 1e-6 * np.max(np.abs(fd))
+    W = rng.standard_normal((2, r64.num_params))
+    np.testing.assert_allclose(W @ r64.jvp(t64, v[None])[0], r64.vjp(t64, W) @ v, rtol=1e-10)

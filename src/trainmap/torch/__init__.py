@@ -38,16 +38,17 @@ def flat_params(model: torch.nn.Module) -> np.ndarray:
     return np.concatenate([p.detach().cpu().reshape(-1).numpy() for p in model.parameters() if p.requires_grad])
 
 
-def _as_tensor(a: Any, name: str, device: torch.device) -> torch.Tensor:
+def _as_tensor(a: Any, name: str, device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
+    """A tensor given by the user is taken as it is (its device is checked here, its dtype by the
+    caller); an array becomes a tensor on ``device``, floats in the model's ``float_dtype``."""
     if isinstance(a, torch.Tensor):
         if a.device != device:
             raise ValueError(f"{name} is on {a.device} but the model is on {device}; move it with "
                              f"{name}.to({str(device)!r}) (or move the model)")
         return a.detach()
     arr = np.asarray(a)
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32) if name == "x" else arr
-    return torch.as_tensor(arr, device=device)
+    t = torch.as_tensor(arr if arr.flags.writeable else arr.copy(), device=device)
+    return t.to(float_dtype) if t.is_floating_point() else t
 
 
 def _describe_loss(loss_fn: Callable) -> str:
@@ -117,7 +118,7 @@ def torch_recipe(
         y = y.to(device) if isinstance(y, torch.Tensor) else y
     else:
         device = params[0].device
-    xt, yt = _as_tensor(x, "x", device), _as_tensor(y, "y", device)
+    xt, yt = _as_tensor(x, "x", device, pdtype), _as_tensor(y, "y", device, pdtype)
     if xt.is_floating_point() and xt.dtype != pdtype:
         raise ValueError(f"x is {xt.dtype} but the model's parameters are {pdtype}; convert with "
                          f"x.to({pdtype}) (or model.to({xt.dtype}))")

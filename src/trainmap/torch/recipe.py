@@ -110,20 +110,17 @@ class TorchRecipe:
         """T, the number of optimizer steps."""
         return int(self.batches.shape[0])
 
-    def _dtype_of(self, a: Any) -> torch.dtype:
-        dt = np.dtype(getattr(a, "dtype", np.float32)) if not isinstance(a, torch.Tensor) else None
-        if isinstance(a, torch.Tensor):
-            return a.dtype if a.is_floating_point() else self.param_dtype
-        return torch.float64 if dt == np.float64 else torch.float32
-
     def tensor(self, a: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``a`` (NumPy, JAX or torch) as a tensor on the model's device (float dtype kept unless given)."""
+        """``a`` (NumPy, JAX or torch) as a tensor on the model's device. Integer arrays (labels, token
+        ids) keep their dtype; float arrays keep theirs (float32/float64) unless ``dtype`` is given."""
         if isinstance(a, torch.Tensor):
             t = a.detach()
         else:
             arr = np.asarray(a)
             t = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
-        return t.to(device=self.device, dtype=dtype or self._dtype_of(a))
+        if dtype is not None and t.is_floating_point():
+            return t.to(device=self.device, dtype=dtype)
+        return t.to(device=self.device)
 
     def check_theta(self, theta0: Any) -> np.ndarray:
         """``theta0`` as a NumPy (P,) float vector, or a ValueError naming the expected shape."""
@@ -182,7 +179,13 @@ class TorchRecipe:
             tensors = dict(zip(names, p))
             if buffers is not None:
                 tensors.update(buffers)
-            return self.loss_fn(functional_call(model, tensors, (x,)), y)
+            target = y
+            if buffers is None and y.is_floating_point():
+                # float targets enter the graph with a materialised zero tangent: some losses'
+                # backward formulas (F.mse_loss) write into the target's tangent, which torch.func
+                # otherwise represents by an immutable ZeroTensor; the value is unchanged
+                target = y + 0 * p[0].reshape(-1)[:1]
+            return self.loss_fn(functional_call(model, tensors, (x,)), target)
 
         if buffers is None:
             grads, loss = grad_and_value(loss_of)(params)
@@ -272,7 +275,7 @@ class TorchRecipe:
     def predict(self, theta: Any, x: Any) -> np.ndarray:
         """Model outputs (N, ...) at flat parameters ``theta`` (P,), the model in the mode it was given."""
         th = self.theta_tensor(theta)
-        xt = self.tensor(x) if not isinstance(x, torch.Tensor) or x.is_floating_point() else x.to(self.device)
+        xt = self.tensor(x)
         if xt.is_floating_point():
             xt = xt.to(th.dtype)
         with torch.no_grad():
