@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from trainmap.cli import app
@@ -64,6 +65,7 @@ def test_cli_resume_with_other_options_is_refused(tmp_path):
     assert np.load(out / "jacobian.npy").tobytes() == np.load(fresh / "jacobian.npy").tobytes()
 
 
+@pytest.mark.slow  # opt-in (every engine route is pinned bit for bit by tests/test_baseline.py)
 def test_cli_engine_options_give_the_same_matrix(tmp_path):
     fwd, rev = tmp_path / "fwd", tmp_path / "rev"
     assert runner.invoke(app, [*SMALL, "--out", str(fwd)]).exit_code == 0

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from trainmap import _cache
 
 
@@ -26,6 +28,7 @@ def test_off_switches(monkeypatch, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow  # opt-in (two CLI processes; the cache helpers are unit-tested above and every CLI test uses the cache)
 def test_a_command_fills_the_cache_and_no_compile_cache_leaves_it_empty(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "TRAINMAP_NO_COMPILE_CACHE"}
     args = ["jacobian", "--hidden", "2", "--epochs", "1", "--batch-size", "800"]

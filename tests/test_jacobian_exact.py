@@ -69,6 +69,7 @@ def test_chunk_size_does_not_change_the_matrix(tiny):
     np.testing.assert_allclose(J1, Jref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # opt-in (resumption is also checked by the SIGKILL test in tests/test_guarantees.py and in tests/test_torch_backend.py)
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny):
     recipe, theta0 = tiny
     full = exact_jacobian(recipe, theta0, chunk_size=6, checkpoint_dir=tmp_path / "a", progress=False)

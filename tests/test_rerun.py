@@ -24,6 +24,7 @@ def _run_cli(monkeypatch, args):
     assert exc.value.code in (0, None)
 
 
+@pytest.mark.slow  # opt-in (the default suite reruns an analyze folder in tests/test_report_browser.py)
 def test_rerun_reproduces_summary_and_catches_a_changed_number(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _run_cli(monkeypatch, [*TINY, "--out", "orig"])
