@@ -38,6 +38,7 @@ from trainmap._progress import stage
 from trainmap.jacobian.regions import REGIONS, region_mask
 from trainmap.protocol import is_traceable
 from trainmap.record.predictions import softmax
+from trainmap.record.recorders import default_every, recorded_run
 from trainmap.results import mode_of, open_results, reopen
 
 CAPTIONS = {
@@ -112,19 +113,15 @@ def analyze_run(
                          "budget or use `trainmap jacobian --method slq` for the spectrum alone")
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    k = max(1, T // 50) if every is None else int(every)
-    if k < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
+    k = default_every(T, every)
     x_probe, y_probe = probe if probe is not None else (np.asarray(recipe.x)[:256], np.asarray(recipe.y)[:256])
     cfg = {**recipe.config, **(config or {}), "num_params": P, "num_steps": T, "every": k,
            "epsilon": epsilon, "components": components, "seed": seed, "probe_size": int(len(x_probe)),
            "memory_budget_gb": memory_budget_gb, "recipe_fingerprint": recipe.fingerprint()}
     folder = open_results(out_dir, mode_of(resume, overwrite), kind="analyze", config=cfg)
 
-    traceable = is_traceable(recipe)
     with stage("training once, recording θ_t and predictions", progress):
-        rec = (jax.jit(lambda th: recipe.run(th, k, probe=x_probe)) if traceable
-               else lambda th: recipe.run(th, k, probe=x_probe))(theta0)
+        rec = recorded_run(recipe, theta0, k, x_probe)
         params = np.asarray(rec.params)  # (R, P)
         probs = softmax(rec.probe_outputs, dtype=np.float64)  # (R, N, C)
         steps = np.asarray(rec.steps)
@@ -171,12 +168,12 @@ def analyze_run(
             v = rng.normal(size=basis.shape[0]) @ basis
             starts.append(np.asarray(theta0) + scale * v / np.linalg.norm(v))
             names.append(name)
-        if traceable:  # all restarts in one vmapped program
+        if is_traceable(recipe):  # all restarts in one vmapped program
             run_probs = jax.jit(jax.vmap(lambda th: recipe.run(th, k, probe=x_probe, record_params=False).probe_outputs))(
                 jnp.asarray(np.stack(starts), theta0.dtype))
         else:
-            run_probs = np.stack([recipe.run(th.astype(np.asarray(theta0).dtype), k, probe=x_probe,
-                                             record_params=False).probe_outputs for th in starts])
+            run_probs = np.stack([recorded_run(recipe, th.astype(np.asarray(theta0).dtype), k, x_probe,
+                                               record_params=False).probe_outputs for th in starts])
         pert = np.concatenate([probs[None], softmax(run_probs, dtype=np.float64)])  # (1 + n, R, N, C)
         n_runs, R = pert.shape[:2]
         joint = joint_embedding(pert.reshape(n_runs * R, *pert.shape[2:]), np.asarray(y_probe),

@@ -61,3 +61,13 @@ class TrainingMap(Protocol):
 def is_traceable(recipe: Any) -> bool:
     """Whether the engines may trace ``recipe``'s functions with JAX (its ``backend`` is ``"jax"``)."""
     return getattr(recipe, "backend", "jax") == "jax"
+
+
+def jit_if_traceable(recipe: Any, fn: Callable) -> Callable:
+    """``jax.jit(fn)`` for a recipe JAX may trace, else ``fn`` itself (another backend runs its own
+    code): the one way to call a recipe's whole-run functions (``train``, ``run``) once."""
+    if is_traceable(recipe):
+        import jax
+
+        return jax.jit(fn)
+    return fn

@@ -663,8 +663,9 @@ def check_training(recipe: Any, theta0: Any) -> tuple[Any, np.ndarray]:
     """
     if not bool(np.all(np.isfinite(np.asarray(theta0)))):
         raise ValueError("theta0 contains NaN/inf values; initialise the parameters again")
-    traceable = getattr(recipe, "backend", "jax") == "jax"
-    theta_T, losses = (jax.jit(recipe.train_with_losses) if traceable else recipe.train_with_losses)(theta0)
+    from trainmap.protocol import jit_if_traceable
+
+    theta_T, losses = jit_if_traceable(recipe, recipe.train_with_losses)(theta0)
     losses = np.asarray(losses)
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size or not bool(np.all(np.isfinite(np.asarray(theta_T)))):

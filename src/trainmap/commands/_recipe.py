@@ -125,50 +125,47 @@ def builtin_run(setup_kwargs: dict | None = None) -> LoadedRecipe:
     return LoadedRecipe(s.recipe, s.theta0, {"train": (d.x_train, d.y_train), "test": (d.x_test, d.y_test)}, {})
 
 
-def record_run(loaded: LoadedRecipe, every: int | None, probe_size: int = 256) -> tuple[Any, Any]:
-    """Train a loaded run once and record it for the Koopman and ribbon lenses.
+def _label(loaded: LoadedRecipe) -> str:
+    return loaded.source.get("function", "run") if loaded.source else "run"
 
-    Args:
-        loaded: the run (:func:`load_recipe`), JAX or PyTorch.
-        every: record every k steps (None: T // 50, at least 1).
-        probe_size: the first this many training inputs are the probe set of the predictions.
 
-    Returns:
-        ``(weights, predictions)``: a (1, R, P) :class:`~trainmap.record.store.Trajectory` with the
-        parameter table under ``meta["layers"]``, and a (1, R, N, C)
-        :class:`~trainmap.record.store.PredictionTrajectory` (softmax of the outputs).
-    """
+def record_weights(loaded: LoadedRecipe, every: int | None) -> Any:
+    """Train a loaded run (JAX or PyTorch) once, recording θ_t every k steps (None: T // 50) for
+    the Koopman lens: a (1, R, P) :class:`~trainmap.record.store.Trajectory` whose parameter table
+    is under ``meta["layers"]``."""
     import numpy as np
 
     from trainmap.protocol import is_traceable
-    from trainmap.record import PredictionTrajectory, from_arrays
-    from trainmap.record.predictions import probe_fingerprint, softmax
+    from trainmap.record import from_arrays
+    from trainmap.record.recorders import default_every, pytree_layout, recorded_run
 
     recipe, theta0 = loaded.recipe, loaded.theta0
-    T = recipe.num_steps
-    k = max(1, T // 50) if not every else int(every)
-    if k < 1:
-        raise ValueError(f"--every must be >= 1, got {every}")
+    k = default_every(recipe.num_steps, every)
+    rec = recorded_run(recipe, theta0, k)
+    # the parameter table: the JAX recipe's pytree, the torch recipe's named parameters
+    table = ({n: v["shape"] for n, v in pytree_layout(recipe.unravel(np.asarray(theta0))).items()}
+             if is_traceable(recipe) else dict(zip(recipe.names, recipe.shapes)))
+    return from_arrays(np.asarray(rec.params)[None], np.asarray(rec.steps), [_label(loaded)],
+                       {"every": k, "source": "recipe"}, layers=table)
+
+
+def record_predictions(loaded: LoadedRecipe, every: int | None, probe_size: int = 256) -> Any:
+    """Train a loaded run once, recording the softmax outputs on its first ``probe_size`` training
+    inputs every k steps (None: T // 50) for the ribbon lens: a (1, R, N, C)
+    :class:`~trainmap.record.store.PredictionTrajectory`."""
+    import numpy as np
+
+    from trainmap.record import PredictionTrajectory
+    from trainmap.record.predictions import probe_fingerprint, softmax
+    from trainmap.record.recorders import default_every, recorded_run
+
+    recipe, theta0 = loaded.recipe, loaded.theta0
+    k = default_every(recipe.num_steps, every)
     x, y = np.asarray(recipe.x)[:probe_size], np.asarray(recipe.y)[:probe_size]
-    if is_traceable(recipe):
-        import jax
-        import jax.numpy as jnp
-
-        from trainmap.record.recorders import pytree_layout
-
-        rec = jax.jit(lambda th: recipe.run(th, k, probe=x))(jnp.asarray(theta0))
-        table = {n: v["shape"] for n, v in pytree_layout(recipe.unravel(jnp.asarray(theta0))).items()}
-    else:
-        rec = recipe.run(theta0, k, probe=x)
-        table = dict(zip(recipe.names, recipe.shapes))
-    steps = np.asarray(rec.steps)
-    label = loaded.source.get("function", "run") if loaded.source else "run"
-    weights = from_arrays(np.asarray(rec.params)[None], steps, [label], {"every": k, "source": "recipe"},
-                          layers=table)
+    rec = recorded_run(recipe, theta0, k, x, record_params=False)
     targets = y if np.issubdtype(y.dtype, np.integer) and y.ndim == 1 else None
-    preds = PredictionTrajectory(softmax(rec.probe_outputs)[None], steps, [label], targets,
-                                 {"probe": probe_fingerprint(x), "every": k, "source": "recipe"})
-    return weights, preds
+    return PredictionTrajectory(softmax(rec.probe_outputs)[None], np.asarray(rec.steps), [_label(loaded)], targets,
+                                {"probe": probe_fingerprint(x), "every": k, "source": "recipe"})
 
 
 def keep_store(out: Any, name: str, traj: Any) -> None:

@@ -56,7 +56,7 @@ def spectrum_command(
     seed: int = typer.Option(0, help="seed of the random projection"),
 ) -> None:
     """DMD spectrum of a recorded trajectory: pooled over its runs and per run."""
-    from trainmap.commands._recipe import keep_store, load_recipe, record_run
+    from trainmap.commands._recipe import keep_store, load_recipe, record_weights
     from trainmap.koopman.experiments.stores import spectrum_of_store
 
     out = _out(out, "spectrum")
@@ -65,7 +65,7 @@ def spectrum_command(
     source, weights = None, traj
     if recipe is not None:
         loaded = run_lens(lambda: load_recipe(recipe, recipe_arg or []))
-        weights = run_lens(lambda: record_run(loaded, every or None)[0])
+        weights = run_lens(lambda: record_weights(loaded, every or None))
         source = {"recipe_source": loaded.source, "every": weights.meta["every"]}
     summary = run_lens(lambda: spectrum_of_store(weights, out, layers=_layers(layers), pca=pca,
                                                  projection=projection, delays=delays, rank=rank, seed=seed,

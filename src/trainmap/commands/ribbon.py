@@ -56,7 +56,7 @@ def embed(
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
     """Joint InPCA embedding of one or more prediction trajectories."""
-    from trainmap.commands._recipe import keep_store, load_recipe, record_run
+    from trainmap.commands._recipe import keep_store, load_recipe, record_predictions
     from trainmap.ribbon.experiments.embed import embed_stores
 
     if bool(paths) == (recipe is not None):
@@ -64,7 +64,7 @@ def embed(
     source, inputs = None, paths
     if recipe is not None:
         loaded = run_lens(lambda: load_recipe(recipe, recipe_arg or []))
-        preds = run_lens(lambda: record_run(loaded, every or None, probe_size)[1])
+        preds = run_lens(lambda: record_predictions(loaded, every or None, probe_size))
         source, inputs = {"recipe_source": loaded.source, "every": preds.meta["every"], "probe_size": probe_size}, [preds]
     summary = run_lens(lambda: embed_stores(inputs, out, components=components, references=references,
                                             block=block, float64=float64, mode=mode_of(overwrite=overwrite),

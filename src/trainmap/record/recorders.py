@@ -155,6 +155,27 @@ def stack_trajectories(trajectories: Sequence[Any], labels: Sequence[str] | None
     return Trajectory(feats, first.steps, labs, dict(first.meta))
 
 
+def default_every(num_steps: int, every: int | None) -> int:
+    """k, the steps between recorded points: ``every``, or T // 50 (at least 1) when None."""
+    k = max(1, num_steps // 50) if every is None else int(every)
+    if k < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return k
+
+
+def recorded_run(recipe: Any, theta0: Any, every: int, probe: Any = None, record_params: bool = True) -> Any:
+    """Train any :class:`~trainmap.protocol.TrainingMap` once through its ``run`` (jitted for a JAX
+    recipe), recording θ_t and the outputs on ``probe`` ((N, ...) inputs) every ``every`` steps.
+
+    Returns:
+        The run's :class:`~trainmap.recipe.TrainRecord` (steps 0, k, 2k, ... and T).
+    """
+    from trainmap.protocol import jit_if_traceable
+
+    return jit_if_traceable(recipe, lambda th: recipe.run(th, every, probe=probe,
+                                                          record_params=record_params))(theta0)
+
+
 def _stack_predictions(trajs: Sequence[Any], labels: Sequence[str] | None) -> PredictionTrajectory:
     first = trajs[0]
     for i, t in enumerate(trajs[1:], 1):

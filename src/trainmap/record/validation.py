@@ -81,8 +81,8 @@ def which_steps(steps: Sequence[int] | None, every: int | None) -> tuple[list[in
 
 
 def renamed(new: str, old: str, value: Any, current: Any) -> Any:
-    """The value of a renamed keyword: ``value`` (given under the old name) wins over the default
-    ``current`` with a DeprecationWarning; both given is an error."""
+    """The value of a renamed keyword: ``value`` (given under the old name), with a
+    DeprecationWarning, else ``current`` (the new name's value)."""
     if value is None:
         return current
     warnings.warn(f"{old}= is now called {new}=; {old}= will be removed", DeprecationWarning, stacklevel=3)

@@ -27,7 +27,7 @@ import numpy as np
 
 from trainmap.torch.data import BatchOrder, loader_batches, record_batches
 from trainmap.torch.optim import SUPPORTED, FunctionalOptimizer, functional_optimizer, learning_rates
-from trainmap.torch.recipe import _DROPOUTS, TorchFuncError, TorchRecipe, explain
+from trainmap.torch.recipe import _DROPOUTS, TorchFuncError, TorchRecipe, explain, from_array
 
 __all__ = ["torch_recipe", "flat_params", "TorchRecipe", "TorchFuncError", "record_batches", "loader_batches",
            "BatchOrder", "functional_optimizer", "FunctionalOptimizer", "learning_rates", "SUPPORTED"]
@@ -46,8 +46,7 @@ def _as_tensor(a: Any, name: str, device: torch.device, float_dtype: torch.dtype
             raise ValueError(f"{name} is on {a.device} but the model is on {device}; move it with "
                              f"{name}.to({str(device)!r}) (or move the model)")
         return a.detach()
-    arr = np.asarray(a)
-    t = torch.as_tensor(arr if arr.flags.writeable else arr.copy(), device=device)
+    t = from_array(a).to(device)
     return t.to(float_dtype) if t.is_floating_point() else t
 
 
@@ -145,18 +144,11 @@ def torch_recipe(
                                                        "lr_first": lrs[0].tolist(), "lr_last": lrs[-1].tolist()},
            "loss": _describe_loss(loss_fn), "num_samples": int(xt.shape[0]), "batch_size": int(b.shape[1]),
            "num_steps": int(b.shape[0]), "device": str(device), **(config or {})}
-    recipe = TorchRecipe(model if device == params[0].device else _moved(model, device), loss_fn, fopt,
-                         xt, yt, b, lrs, cfg)
+    recipe = TorchRecipe(model, loss_fn, fopt, xt, yt, b, lrs, cfg, device=device)
     theta0 = flat_params(model)
     if check:
         _check_step(recipe, theta0)
     return recipe, theta0
-
-
-def _moved(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to(device)
 
 
 def _check_step(recipe: TorchRecipe, theta0: np.ndarray) -> None:

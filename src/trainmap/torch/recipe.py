@@ -75,15 +75,16 @@ class TorchRecipe:
     backend = "torch"
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, optimizer: FunctionalOptimizer,
-                 x: torch.Tensor, y: torch.Tensor, batches: np.ndarray, lrs: np.ndarray, config: dict) -> None:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+                 x: torch.Tensor, y: torch.Tensor, batches: np.ndarray, lrs: np.ndarray, config: dict,
+                 device: torch.device | None = None) -> None:
+        self.model = copy.deepcopy(model) if device is None else copy.deepcopy(model).to(device)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.names = tuple(n for n, _ in named)
         self.shapes = tuple(tuple(p.shape) for _, p in named)
         self.sizes = tuple(int(p.numel()) for _, p in named)
         self.num_params = int(sum(self.sizes))
         self.device = named[0][1].device
         self.param_dtype = named[0][1].dtype
-        self.model = copy.deepcopy(model)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.data = (x, y)  # tensors on the device
@@ -113,11 +114,7 @@ class TorchRecipe:
     def tensor(self, a: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``a`` (NumPy, JAX or torch) as a tensor on the model's device. Integer arrays (labels, token
         ids) keep their dtype; float arrays keep theirs (float32/float64) unless ``dtype`` is given."""
-        if isinstance(a, torch.Tensor):
-            t = a.detach()
-        else:
-            arr = np.asarray(a)
-            t = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
+        t = a.detach() if isinstance(a, torch.Tensor) else from_array(a)
         if dtype is not None and t.is_floating_point():
             return t.to(device=self.device, dtype=dtype)
         return t.to(device=self.device)
@@ -362,6 +359,13 @@ class TorchRecipe:
         h.update(f"P={self.num_params}|{self.param_dtype}".encode())
         self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+
+def from_array(a: Any) -> torch.Tensor:
+    """An array (NumPy, JAX, anything ``np.asarray`` takes) as a CPU tensor of its own dtype
+    (read-only arrays, such as JAX's, are copied: torch needs writable memory)."""
+    arr = np.asarray(a)
+    return torch.as_tensor(arr if arr.flags.writeable else arr.copy())
 
 
 def _source(fn: Any) -> str:

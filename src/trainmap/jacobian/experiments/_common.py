@@ -47,15 +47,6 @@ def jax_recipe_only(fn: Callable) -> Callable:
     return wrapped
 
 
-def train_once(recipe: Any, theta0: Any) -> np.ndarray:
-    """θ_T (P,) as NumPy, for any backend (jitted for a JAX recipe)."""
-    from trainmap.protocol import is_traceable
-
-    if is_traceable(recipe):
-        return np.asarray(jax.jit(recipe.train)(jnp.asarray(theta0)))
-    return np.asarray(recipe.train(theta0))
-
-
 class ExperimentError(RuntimeError):
     """An experiment cannot run with the given inputs (the message says how to fix it)."""
 

@@ -16,6 +16,7 @@ from trainmap._io import atomic_save_npy
 from trainmap.jacobian.experiments import _common as C
 from trainmap.jacobian.experiments import plots
 from trainmap.jacobian.regions import REGIONS, JacobianSVD, Thresholds, project_change, region_mask
+from trainmap.protocol import jit_if_traceable
 from trainmap.recipe import Recipe
 
 CAPTIONS = {
@@ -79,7 +80,7 @@ def parameter_change(
     if dec is None:
         dec = C.jacobian_spectrum(recipe, theta0, thresholds=thresholds, progress=progress)
     th0 = np.asarray(theta0)
-    thT = np.asarray(C.train_once(recipe, theta0) if thetaT is None else thetaT)
+    thT = np.asarray(jit_if_traceable(recipe, recipe.train)(theta0) if thetaT is None else thetaT)
     coef = project_change(dec.Vt, th0, thT)
     atomic_save_npy(out / "coef.npy", coef)
     regions = change_by_region(coef, dec.codes)
