@@ -174,13 +174,17 @@ def test_analyze_scale_tiny_matches_exact_and_resumes(tmp_path, tiny64):
     th = Thresholds()
     kwargs = dict(method="lanczos", rank=4, probes=3, steps=13, dtype=np.float64, progress=False,
                   devices=jax.devices()[:1])  # 3 · 13 = P = 39: the Krylov space is complete
-    with pytest.raises(KeyboardInterrupt):
-        analyze_scale(recipe, theta0, tmp_path / "a", stop_after=5, **kwargs)
-    s = analyze_scale(recipe, theta0, tmp_path / "a", resume=True, **kwargs)
+    with pytest.raises(KeyboardInterrupt):  # 5 steps with the basis in memory ...
+        analyze_scale(recipe, theta0, tmp_path / "a", stop_after=5, basis="memory", **kwargs)
+    # ... resumed with it on disk (the checkpoint files, one block mapped at a time)
+    s = analyze_scale(recipe, theta0, tmp_path / "a", resume=True, basis="disk", **kwargs)
     assert s["lanczos"]["steps_resumed"] == 5 and s["lanczos"]["steps"] == 13
+    assert s["lanczos"]["basis"]["on_disk"] and s["lanczos"]["product_s"] > 0
     full = analyze_scale(recipe, theta0, tmp_path / "b", **kwargs)
-    np.testing.assert_array_equal(np.load(tmp_path / "a" / "top_sigma.npy"),
-                                  np.load(tmp_path / "b" / "top_sigma.npy"))
+    assert not full["lanczos"]["basis"]["on_disk"]
+    for name in ("top_sigma.npy", "bottom_sigma.npy", "slq_nodes.npy"):  # same basis, other sweeps
+        np.testing.assert_allclose(np.load(tmp_path / "a" / name), np.load(tmp_path / "b" / name),
+                                   rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(full["top"]["sigma"], S[:4], rtol=1e-8)
     np.testing.assert_allclose(full["bottom"]["sigma"], S[::-1][:4], rtol=1e-6, atol=1e-9)
     exact = {"chaotic": (S > th.high).sum(), "bulk": ((S >= th.low) & (S <= th.high)).sum(),
@@ -203,6 +207,27 @@ def test_analyze_scale_tiny_matches_exact_and_resumes(tmp_path, tiny64):
         analyze_scale(recipe, theta0, out, **kwargs)
     with pytest.raises(ValueError, match="unknown method"):
         analyze_scale(recipe, theta0, tmp_path / "c", **{**kwargs, "method": "power"})
+
+
+def test_memory_budget_moves_the_basis_to_disk_then_refuses(tmp_path, tiny64):
+    from trainmap.jacobian.matrix_free.pipeline import MemoryBudget, MemoryBudgetError
+
+    GiB = 2**30
+    budget = MemoryBudget(10, "auto", row_bytes=GiB // 8, block=2, readoff_rows=8)  # 1 GiB readoff
+    # 10 steps planned: the basis still to come is 2 · (10 − s) · 2 rows of 1/8 GiB
+    assert not budget.check(2, 10, peak_bytes=4 * GiB)  # 4 + 4 + 1 = 9 ≤ 10
+    assert budget.check(3, 10, peak_bytes=6 * GiB)  # 6 + 3.5 + 1 > 10: move now
+    assert budget.on_disk and budget.moved_at == 3
+    assert not budget.check(4, 10, peak_bytes=8 * GiB)  # on disk: 8 + 1 + 0.5 ≤ 10
+    with pytest.raises(MemoryBudgetError, match="raise --memory-gb"):
+        budget.check(5, 10, peak_bytes=9 * GiB)
+    assert not MemoryBudget(10, "memory", GiB // 8, 2, 8).check(3, 10, peak_bytes=9 * GiB)
+    # a real run under an impossible budget: one line, the steps done are saved for --resume
+    recipe, theta0, _ = tiny64
+    with pytest.raises(MemoryBudgetError, match="--resume"):
+        analyze_scale(recipe, theta0, tmp_path / "m", method="slq", rank=2, probes=2, steps=6,
+                      dtype=np.float64, progress=False, devices=jax.devices()[:1], memory_gb=0.01)
+    assert json.loads((tmp_path / "m" / "checkpoint" / "progress.json").read_text())["steps"] >= 1
 
 
 def test_cli_method_slq_writes_estimates(tmp_path):
@@ -238,3 +263,22 @@ def test_scipy_linear_operator_equals_dense_products(tiny64):
     np.testing.assert_allclose(A @ V, J @ V, rtol=0, atol=1e-12 * np.abs(J).max() * 10)
     top = spla.svds(A, k=2, return_singular_vectors=False)
     np.testing.assert_allclose(np.sort(top), np.sort(np.linalg.svd(J, compute_uv=False))[-2:], rtol=1e-8)
+
+
+def test_golub_kahan_triplets_and_residuals_match_a_dense_svd():
+    from trainmap.jacobian.matrix_free.golub_kahan import dense_vectors, gk_triplets, golub_kahan
+
+    rng = np.random.default_rng(3)
+    M = rng.standard_normal((60, 60)) / 8 + np.eye(60)
+    M[:5] *= np.arange(6.0, 1.0, -1.0)[:, None]  # five separated chaotic directions
+    S = np.linalg.svd(M, compute_uv=False)
+    st = golub_kahan(*dense_vectors(M), rng.standard_normal(60), steps=30)
+    t = gk_triplets(st, 5, vectors=True)
+    np.testing.assert_allclose(t.sigma, S[:5], rtol=1e-9)
+    for i in range(5):  # the residual read off B equals the one computed with the matrix
+        v = t.V[i]
+        direct = np.linalg.norm(M.T @ (M @ v) - t.sigma[i] ** 2 * v)
+        assert abs(direct - t.residuals[i]) <= 1e-8 * max(t.sigma[i] ** 2, 1.0)
+        np.testing.assert_allclose(M @ v, t.sigma[i] * t.U[i], atol=1e-8)
+    full = golub_kahan(*dense_vectors(M), rng.standard_normal(60), steps=60)  # complete space
+    np.testing.assert_allclose(gk_triplets(full, 60).sigma, S, rtol=1e-8, atol=1e-10)

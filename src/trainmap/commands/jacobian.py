@@ -34,6 +34,7 @@ DType = _choices("DType", ("float32", "float64"))
 Mode = _choices("Mode", ("auto", "forward", "reverse"))
 Primal = _choices("Primal", ("auto", "shared", "per_chunk"))
 Method = _choices("Method", ("exact", "lanczos", "slq"))
+Basis = _choices("Basis", ("auto", "memory", "disk"))
 
 
 @app.callback(invoke_without_command=True)
@@ -64,8 +65,12 @@ def jacobian(
         None, help="Bulk tolerance; give it more than once for several. The regions use the largest; "
                    "summary.json counts |σ−1| ≤ tol for each (default 0.1, 0.01, 0.001, as the paper)."),
     chunk_size: int = typer.Option(0, help="Tangents per chunk (0: automatic, see the engine docs)."),
-    memory_gb: float = typer.Option(2.0, help="Memory budget (GiB) for the stored step linearisations "
-                                    "plus one chunk."),
+    memory_gb: Optional[float] = typer.Option(
+        None, help="Memory budget (GiB). exact: for the stored step linearisations plus one chunk (default 2). "
+        "lanczos/slq: for the process's peak resident memory (default 80% of the machine); the Krylov basis "
+        "moves to disk when it would not fit."),
+    basis: Basis = typer.Option(Basis.auto, help="lanczos/slq: keep the Krylov basis in memory, on disk (the "
+                                "checkpoint files), or auto (memory while it fits --memory-gb)."),
     mode: Mode = typer.Option(Mode.auto, help="exact: forward (columns of J), reverse (rows) or auto "
                               "(forward)."),
     primal: Primal = typer.Option(Primal.auto, help="exact: shared (train once, store every step's "
@@ -84,6 +89,16 @@ def jacobian(
         "package.module:function returning (recipe, theta0); its file hash and arguments go to config.json."),
     recipe_arg: Optional[List[str]] = typer.Option(
         None, "--recipe-arg", help="name=value passed to the --recipe function (repeatable; values read as JSON)."),
+    local_processes: int = typer.Option(0, help="lanczos/slq: run as N processes of one jax.distributed job on "
+                                        "this machine (CPU collectives through gloo), the probe block split "
+                                        "between them."),
+    coordinator: Optional[str] = typer.Option(None, help="lanczos/slq: host:port of process 0 of a "
+                                              "jax.distributed job (with --num-processes and --process-id)."),
+    num_processes: Optional[int] = typer.Option(None, help="lanczos/slq: processes in the jax.distributed job."),
+    process_id: Optional[int] = typer.Option(None, help="lanczos/slq: this process's index in the job (0 writes "
+                                             "the results)."),
+    distributed: bool = typer.Option(False, help="lanczos/slq: join a jax.distributed job detected from the "
+                                     "environment (SLURM, Open MPI); see docs/distributed.md."),
 ) -> None:
     """Run the exact training-Jacobian analysis (no options: the reference experiment)."""
     tols = sorted(set(bulk_tol), reverse=True) if bulk_tol else [0.1, 0.01, 0.001]
@@ -109,13 +124,22 @@ def jacobian(
             raise typer.Exit(2)
 
         ctx.obj = JacobianSetup(recipe_kwargs, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
-                                chunk_size=chunk_size or None, memory_gb=memory_gb)
+                                chunk_size=chunk_size or None, memory_gb=2.0 if memory_gb is None else memory_gb)
         return
     _refuse_ignored(ctx, method)
+    if local_processes:
+        raise typer.Exit(_launch_local(local_processes))
+    if distributed or any(v is not None for v in (coordinator, num_processes, process_id)):
+        from trainmap.jacobian.matrix_free.distributed import initialize
+
+        run_lens(lambda: initialize(coordinator, num_processes, process_id))
     run = _user_run(ctx, recipe, recipe_arg) if recipe else run_lens(lambda: builtin_run(recipe_kwargs))
+    if method is not Method.exact and _serves(run, seed=seed, probes=probes, dtype=dtype.value):
+        return
     if method is not Method.exact:
         _run_matrix_free(method.value, run, seed=seed, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
-                         resume=resume, overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps)
+                         resume=resume, overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps,
+                         memory_gb=memory_gb, basis=basis.value)
         return
     from trainmap.jacobian.analysis import analyze
     from trainmap.jacobian.regions import Thresholds
@@ -124,7 +148,7 @@ def jacobian(
         run.recipe, run.theta0, out, eval_sets=run.eval_sets,
         dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), bulk_tolerances=tols,
         chunk_size=chunk_size or None,
-        memory_budget_gb=memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
+        memory_budget_gb=2.0 if memory_gb is None else memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
         primal=primal.value, config=run.source and {"recipe_source": run.source}))
     _write_report(out)
     _print_summary(summary, out)
@@ -154,8 +178,40 @@ def _user_run(ctx: typer.Context, spec: str, args: Optional[List[str]]) -> Any:
 
 
 #: options that only one family of methods reads
-EXACT_ONLY = ("chunk_size", "memory_gb", "mode", "primal")
-MATRIX_FREE_ONLY = ("rank", "probes", "lanczos_steps")
+EXACT_ONLY = ("chunk_size", "mode", "primal")
+MATRIX_FREE_ONLY = ("rank", "probes", "lanczos_steps", "basis", "local_processes", "coordinator",
+                    "num_processes", "process_id", "distributed")
+
+
+def _launch_local(n: int) -> int:
+    """``--local-processes N``: this command line again, as N processes of one job."""
+    import sys
+
+    from trainmap.commands._common import usage_error
+    from trainmap.jacobian.matrix_free.distributed import launch_local
+
+    argv = list(sys.argv[1:])
+    flag = next((i for i, a in enumerate(argv) if a == "--local-processes" or a.startswith("--local-processes=")),
+                None)
+    if flag is None:
+        usage_error("--local-processes relaunches the trainmap command line; run it from a shell")
+    del argv[flag:flag + (1 if "=" in argv[flag] else 2)]  # type: ignore[index]
+    if any(a.split("=")[0] in ("--coordinator", "--num-processes", "--process-id", "--distributed") for a in argv):
+        usage_error("--local-processes starts its own job; drop --coordinator/--num-processes/--process-id/"
+                    "--distributed")
+    return run_lens(lambda: launch_local(n, argv))
+
+
+def _serves(run: Any, *, seed: int, probes: int, dtype: str) -> bool:
+    """True on a process other than 0 of a jax.distributed job, after it has served process 0's products."""
+    import jax
+
+    if jax.process_count() == 1 or jax.process_index() == 0:
+        return False
+    from trainmap.jacobian.matrix_free.pipeline import serve_scale
+
+    run_lens(lambda: serve_scale(run.recipe, run.theta0, probes=probes, seed=seed, dtype=dtype))
+    return True
 
 
 def _refuse_ignored(ctx: typer.Context, method: "Method") -> None:
@@ -172,7 +228,7 @@ def _refuse_ignored(ctx: typer.Context, method: "Method") -> None:
 
 def _run_matrix_free(method: str, run: Any, *, seed: int, dtype: str, bulk_tol: float,
                      out: Path, resume: bool, overwrite: bool, rank: int, probes: int,
-                     steps: int) -> None:
+                     steps: int, memory_gb: Optional[float], basis: str) -> None:
     """``--method lanczos|slq``: the matrix-free estimates (see trainmap.jacobian.matrix_free.pipeline)."""
     from trainmap.jacobian.matrix_free.pipeline import analyze_scale
     from trainmap.jacobian.regions import Thresholds
@@ -180,7 +236,8 @@ def _run_matrix_free(method: str, run: Any, *, seed: int, dtype: str, bulk_tol: 
     s = run_lens(lambda: analyze_scale(
         run.recipe, run.theta0, out, method=method, rank=rank, probes=probes, steps=steps or None,
         seed=seed, dtype=dtype, thresholds=Thresholds.symmetric(bulk_tol), eval_sets=run.eval_sets,
-        resume=resume, overwrite=overwrite, config=run.source and {"recipe_source": run.source}))
+        resume=resume, overwrite=overwrite, memory_gb=memory_gb, basis=basis,
+        config=run.source and {"recipe_source": run.source}))
     _write_report(out)
     P = s["num_params"]
     lz = s["lanczos"]
@@ -195,6 +252,12 @@ def _run_matrix_free(method: str, run: Any, *, seed: int, dtype: str, bulk_tol: 
                f"σ_1..3 = {', '.join(f'{x:.3f}' for x in s['top']['sigma'][:3])}")
     for w in s.get("warnings", []):
         typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
+    book = lz.get("bookkeeping_fraction_of_products")
+    if book is not None:
+        where = "on disk" if lz["basis"]["on_disk"] else "in memory"
+        typer.echo(f"  products {lz['product_s']:.1f} s, Lanczos bookkeeping {100 * book:.1f}% of that; "
+                   f"basis {where}; peak memory {s['peak_memory_mb'] / 1024:.2f} of "
+                   f"{s['memory_budget_mb'] / 1024:.2f} GiB")
     typer.echo(f"  wall time {s['wall_time_s']['total']:.1f} s; results in {out}/ (open report.html)")
 
 

@@ -9,10 +9,25 @@ not a multiple of the device count are padded with zero rows, which are dropped 
 
 To try it on a CPU, set ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` *before* JAX is
 imported; the results equal the single-device ones (each row is computed by the same program).
+
+Several processes (JAX's multi-controller runtime, ``jax.distributed``; CPU collectives through
+gloo): :func:`initialize` joins the processes, after which ``jax.devices()`` lists every process's
+devices and the same mesh spans them. Process 0 drives the Lanczos iteration, its checkpoints and
+the results folder; the others only compute their rows of each block. For every block, process 0
+broadcasts it (:class:`ProductDriver`, ``multihost_utils.broadcast_one_to_all``), all processes run
+the sharded product, and the rows come back to everyone by ``process_allgather``; the other
+processes wait in :func:`serve_products`. Every transfer is one of JAX's collectives.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -85,3 +100,155 @@ def _gather(a: jax.Array) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return np.asarray(a)
+
+
+# ----------------------------------------------------------------------------- several processes
+#: commands process 0 broadcasts before each collective step
+STOP, GRAM = 0, 1
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """Join this process to a ``jax.distributed`` job (before any other JAX computation).
+
+    With all three arguments None, JAX detects the job from its environment (SLURM, Open MPI, …).
+    On CPU the collectives go through gloo (``jax_cpu_collectives_implementation``).
+
+    Args:
+        coordinator: ``host:port`` of process 0's coordination service.
+        num_processes: processes in the job.
+        process_id: this process's index, 0 … num_processes − 1.
+    """
+    given = [a is not None for a in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("give --coordinator, --num-processes and --process-id together (or none of them, "
+                         "to let JAX detect the job, e.g. under SLURM)")
+    if num_processes is not None and not 0 <= int(process_id) < int(num_processes):  # type: ignore[arg-type]
+        raise ValueError(f"--process-id must be in 0..{int(num_processes) - 1}, got {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def _digest(text: str) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8).astype(np.int32)
+
+
+def handshake(theta0: np.ndarray, key: str) -> np.ndarray:
+    """Collective (every process): process 0's θ₀, after checking that all built the same run.
+
+    Args:
+        theta0: (P,) this process's θ₀.
+        key: a fingerprint of the run (recipe, θ₀, dtype, probes).
+
+    Raises:
+        RuntimeError: on every process, when some process built a different run.
+    """
+    from jax.experimental import multihost_utils
+
+    mine = _digest(key)
+    ref = np.asarray(multihost_utils.broadcast_one_to_all(mine))
+    th = np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(theta0)))
+    same = np.asarray(multihost_utils.process_allgather(np.array([int(np.array_equal(ref, mine))], np.int32)))
+    if not same.all():
+        bad = [int(i) for i in np.flatnonzero(same.ravel() == 0)]
+        raise RuntimeError(f"process(es) {bad} built a different run than process 0 (recipe, θ₀, dtype or "
+                           "probes); start every process with the same command")
+    return th.astype(np.asarray(theta0).dtype, copy=False)
+
+
+class ProductDriver:
+    """Process 0's block operator: broadcast each block, then run the collective product.
+
+    Args:
+        gram: the sharded ``X (b, P) -> (JᵀJ X, J X)`` (every process calls the same program).
+        dtype: the blocks' dtype.
+    """
+
+    def __init__(self, gram: Callable[[np.ndarray], Any], dtype: Any) -> None:
+        self.gram, self.dtype, self.stopped = gram, np.dtype(dtype), False
+
+    def __call__(self, X: np.ndarray) -> Any:
+        from jax.experimental import multihost_utils
+
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        multihost_utils.broadcast_one_to_all(np.array([GRAM, X.shape[0]], np.int32))
+        X = np.asarray(multihost_utils.broadcast_one_to_all(X))
+        return self.gram(X)
+
+    def stop(self) -> None:
+        """Release the other processes from :func:`serve_products` (idempotent)."""
+        from jax.experimental import multihost_utils
+
+        if not self.stopped:
+            self.stopped = True
+            multihost_utils.broadcast_one_to_all(np.array([STOP, 0], np.int32))
+
+
+def serve_products(gram: Callable[[np.ndarray], Any], num_params: int, dtype: Any) -> int:
+    """A process other than 0: take part in every product process 0 asks for, until it stops.
+
+    Returns:
+        The number of blocks computed.
+    """
+    from jax.experimental import multihost_utils
+
+    done = 0
+    while True:
+        head = np.asarray(multihost_utils.broadcast_one_to_all(np.zeros(2, np.int32)))
+        if int(head[0]) == STOP:
+            return done
+        X = np.asarray(multihost_utils.broadcast_one_to_all(np.zeros((int(head[1]), num_params), dtype)))
+        gram(X)
+        done += 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_local(num_processes: int, argv: Sequence[str], grace_s: float = 60.0) -> int:
+    """Run ``python -m trainmap *argv`` as ``num_processes`` processes of one job on this machine.
+
+    Each child gets ``--coordinator 127.0.0.1:PORT --num-processes N --process-id i``; process 0
+    prints as usual, the others' output is shown only if they fail. Once process 0 has ended, the
+    others get ``grace_s`` seconds to finish before they are stopped.
+
+    Returns:
+        The first non-zero exit status (process 0's first), else 0.
+    """
+    if num_processes < 1:
+        raise ValueError(f"--local-processes must be >= 1, got {num_processes}")
+    port = _free_port()
+    procs, logs = [], []
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    for i in range(num_processes):
+        cmd = [sys.executable, "-m", "trainmap", *argv, "--coordinator", f"127.0.0.1:{port}",
+               "--num-processes", str(num_processes), "--process-id", str(i)]
+        log = tempfile.TemporaryFile() if i else None  # a file, not a pipe: a chatty child never blocks
+        logs.append(log)
+        procs.append(subprocess.Popen(cmd, env=env, **({"stdout": log, "stderr": subprocess.STDOUT} if log else {})))
+    try:
+        codes = [procs[0].wait()]
+        deadline = time.monotonic() + grace_s
+        for p in procs[1:]:
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            codes.append(p.returncode)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, (log, rc) in enumerate(zip(logs, codes)):
+        if log is not None:
+            if rc:
+                log.seek(0)
+                out = log.read().decode(errors="replace")
+                sys.stderr.write(f"process {i} exited with status {rc}:\n{out[-4000:]}\n")
+            log.close()
+    return next((rc for rc in codes if rc), 0)

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from trainmap.jacobian.matrix_free.basis import BlockStore, MemoryBlocks, combine, project_out
+
 # apply(X: (b, P)) -> (A X: (b, P), side: (b, P) or None); ``side`` (J X) is kept for left vectors
 BlockOperator = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
@@ -38,35 +40,41 @@ def rademacher(num_probes: int, dim: int, seed: int, dtype: Any = np.float32) ->
     return (2.0 * rng.integers(0, 2, size=(num_probes, dim)) - 1.0).astype(dtype)
 
 
-def _orthonormalise(W: np.ndarray, basis: list[np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Orthogonalise rows of W (b, P) against all ``basis`` blocks (twice), then QR.
+def _dead_tolerance(dtype: Any) -> float:
+    """Rows whose norm after orthogonalisation is below this (relative) are an exhausted space."""
+    return max(1e-10, 1e3 * float(np.finfo(dtype).eps))
+
+
+def _orthonormalise(W: np.ndarray, basis: BlockStore, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orthogonalise the rows of W (b, P) against every basis block (two passes), then QR.
+
+    W is overwritten. All products are in W's dtype (the operator's), one per row group of the
+    basis (:func:`~trainmap.jacobian.matrix_free.basis.project_out`).
 
     Returns:
-        (Q_next, R): Q_next (b, P) with orthonormal rows and R (b, b) upper triangular such that
-        the orthogonalised block is W_perp = Rᵀ Q_next. Rows that vanish (an exhausted Krylov space) are replaced by fresh random orthogonal rows
-        with a zero row in R, so the recurrence continues without fake coupling.
+        (Q_next, R, coeff): Q_next (b, P) with orthonormal rows, R (b, b) upper triangular such
+        that the orthogonalised block is W_perp = Rᵀ Q_next, and coeff (n, b) float64 = Q Wᵀ, the
+        projection of the original W on the basis. Rows that vanish (an exhausted Krylov space)
+        are replaced by fresh random orthogonal rows with a zero row in R, so the recurrence
+        continues without fake coupling.
     """
-    W = W.astype(np.float64, copy=True)
-    for _ in range(2):
-        for Qb in basis:
-            Qb64 = Qb.astype(np.float64, copy=False)
-            W -= (W @ Qb64.T) @ Qb64
+    coeff = project_out(W, basis)
     Qt, R = np.linalg.qr(W.T)  # W.T (P, b) = Qt (P, b) R (b, b)
-    Q = Qt.T
+    Q = np.ascontiguousarray(Qt.T)
+    R = R.astype(np.float64)
     scale = max(float(np.abs(R).max()) if R.size else 0.0, 1e-300)
-    dead = np.abs(np.diag(R)) <= 1e-10 * max(scale, 1.0)
+    dead = np.abs(np.diag(R)) <= _dead_tolerance(W.dtype) * max(scale, 1.0)
     if dead.any():
         rng = np.random.default_rng(seed)
         for i in np.flatnonzero(dead):
-            v = rng.standard_normal(W.shape[1])
-            for _ in range(2):
-                for Qb in basis + [Q[:i], Q[i + 1:]]:
-                    if Qb.size:
-                        Qb64 = Qb.astype(np.float64, copy=False)
-                        v -= (Qb64 @ v) @ Qb64
-            Q[i] = v / np.linalg.norm(v)
+            v = rng.standard_normal((1, W.shape[1])).astype(W.dtype)
+            others = MemoryBlocks()
+            others.append(np.delete(Q, i, axis=0))
+            for store in (basis, others):
+                project_out(v, store)
+            Q[i] = v[0] / np.linalg.norm(v[0])
             R[i, :] = 0.0
-    return Q, R
+    return Q, R, coeff
 
 
 @dataclass
@@ -76,8 +84,9 @@ class BlockLanczosState:
     Attributes:
         probes: (b, P) starting block V0 (Rademacher rows).
         R0: (b, b) with V0ᵀ = Q0ᵀ R0, i.e. V0 = R0ᵀ Q0 (for quadrature weights).
-        blocks: list of (b, P) orthonormal blocks Q_j (operator dtype).
-        side: list of (b, P) blocks J Q_j (or empty when the operator returns no side output).
+        blocks: the (b, P) orthonormal blocks Q_j (operator dtype), in memory or on disk
+            (:mod:`~trainmap.jacobian.matrix_free.basis`).
+        side: the (b, P) blocks J Q_j (empty when the operator returns no side output).
         coeffs: coeffs[j] = [Q_0; …; Q_j] A Q_jᵀ of shape ((j+1)·b, b): column block j of T.
         next_block: (b, P) the next basis block Q_{m}, or None before the first step.
         next_R: (b, b) coupling B_m with residual block = B_mᵀ Q_m.
@@ -85,8 +94,8 @@ class BlockLanczosState:
 
     probes: np.ndarray
     R0: np.ndarray
-    blocks: list[np.ndarray] = field(default_factory=list)
-    side: list[np.ndarray] = field(default_factory=list)
+    blocks: BlockStore = field(default_factory=MemoryBlocks)
+    side: BlockStore = field(default_factory=MemoryBlocks)
     coeffs: list[np.ndarray] = field(default_factory=list)
     next_block: np.ndarray | None = None
     next_R: np.ndarray | None = None
@@ -101,13 +110,22 @@ class BlockLanczosState:
         return len(self.coeffs)
 
     @classmethod
-    def start(cls, probes: np.ndarray, dtype: Any = None) -> "BlockLanczosState":
-        """Begin from a (b, P) block of probes (orthonormalised by QR)."""
+    def start(cls, probes: np.ndarray, dtype: Any = None, blocks: BlockStore | None = None,
+              side: BlockStore | None = None) -> "BlockLanczosState":
+        """Begin from a (b, P) block of probes (orthonormalised by QR, in float64).
+
+        Args:
+            probes: (b, P) starting block.
+            dtype: dtype of the basis (default: the probes').
+            blocks, side: where to keep Q_j and J Q_j (default: in memory).
+        """
         probes = np.asarray(probes)
         if probes.ndim != 2 or probes.shape[0] > probes.shape[1]:
             raise ValueError(f"probes must be (b, P) with b <= P, got {probes.shape}")
-        Q0, R0 = _orthonormalise(probes, [], seed=0)
-        return cls(probes, R0, next_block=Q0.astype(dtype or probes.dtype), next_R=None)
+        Q0, R0, _ = _orthonormalise(probes.astype(np.float64), MemoryBlocks(), seed=0)
+        return cls(probes, R0, blocks=blocks if blocks is not None else MemoryBlocks(),
+                   side=side if side is not None else MemoryBlocks(),
+                   next_block=Q0.astype(dtype or probes.dtype), next_R=None)
 
     def projected(self) -> np.ndarray:
         """T (m·b, m·b): the symmetrised projection Q A Qᵀ on the first m blocks (float64)."""
@@ -130,19 +148,17 @@ def block_lanczos_step(state: BlockLanczosState, apply: BlockOperator, seed: int
     Qj = state.next_block
     assert Qj is not None
     AQ, side = apply(Qj)
-    AQ = np.asarray(AQ, dtype=np.float64)
+    AQ = np.array(AQ, dtype=Qj.dtype)  # a writable copy in the basis dtype
     if not np.all(np.isfinite(AQ)):
         raise FloatingPointError("the operator returned NaN/inf; the training run is not "
                                  "differentiable here (diverged?) — lower the learning rate or use float64")
-    basis = state.blocks + [Qj]
-    # block i of coeff is Q_i A Q_jᵀ (b, b); the full column of T, not just the tridiagonal part
-    coeff = np.concatenate([Qb.astype(np.float64) @ AQ.T for Qb in basis], axis=0)
-    Qn, R = _orthonormalise(AQ, basis, seed=seed + 7919 * (state.steps + 1))
     state.blocks.append(Qj)
+    # block i of coeff is Q_i A Q_jᵀ (b, b): the full column of T, not just the tridiagonal part
+    Qn, R, coeff = _orthonormalise(AQ, state.blocks, seed=seed + 7919 * (state.steps + 1))
     if side is not None:
         state.side.append(np.asarray(side, dtype=Qj.dtype))
     state.coeffs.append(coeff)
-    state.next_block = Qn.astype(Qj.dtype)
+    state.next_block = Qn
     state.next_R = R
     return state
 
@@ -184,15 +200,11 @@ def ritz(state: BlockLanczosState, shift: float = -1.0) -> RitzPairs:
 
 
 def ritz_vectors(state: BlockLanczosState, coords: np.ndarray, side: bool = False) -> np.ndarray:
-    """Rows Y = sᵀ Q (n, P) for coordinate columns ``coords`` (m·b, n); J Q instead if ``side``."""
+    """Rows Y = sᵀ Q (n, P), in the basis dtype, for coordinate columns ``coords`` (m·b, n); J Q instead if ``side``."""
     blocks = state.side if side else state.blocks
     if side and len(blocks) != state.steps:
         raise ValueError("this run did not keep J Q (side=False in the operator); left vectors unavailable")
-    out = np.zeros((coords.shape[1], blocks[0].shape[1]), dtype=np.float64)
-    b = state.block_size
-    for j, Qb in enumerate(blocks):
-        out += coords[j * b:(j + 1) * b].T @ Qb.astype(np.float64)
-    return out
+    return combine(coords, blocks, blocks[0].dtype)
 
 
 @dataclass

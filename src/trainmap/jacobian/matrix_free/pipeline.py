@@ -29,24 +29,31 @@ Results folder (same layout as :func:`~trainmap.jacobian.analysis.analyze`):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
+from trainmap._progress import _reset_peak_rss, peak_rss_mib
 from trainmap._progress import progress as _progress
 from trainmap.jacobian.exact.checkpoint import CheckpointError, fingerprint
 from trainmap.jacobian.exact.checkpoint import array_sha256 as _sha
+from trainmap.jacobian.matrix_free.basis import DiskBlocks, MemoryBlocks
+from trainmap.jacobian.matrix_free.distributed import ProductDriver, handshake, serve_products
 from trainmap.jacobian.matrix_free.lanczos import BlockLanczosState, block_lanczos_step, extreme_triplets, rademacher
 from trainmap.jacobian.matrix_free.operator import TrainingOperator
 from trainmap.jacobian.matrix_free.slq import quadrature, region_counts, spectral_density
-from trainmap.jacobian.precision import check_dtype
+from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.jacobian.regions import REGIONS, Thresholds
-from trainmap.protocol import TrainingMap
+from trainmap.protocol import TrainingMap, is_traceable
 from trainmap.results import mode_of, open_results
 
 METHODS = ("lanczos", "slq")
@@ -66,8 +73,9 @@ CAPTIONS = {
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process so far (MiB; Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process so far (MiB): VmHWM, or ru_maxrss off Linux."""
+    hwm = peak_rss_mib()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def default_steps(method: str, rank: int, probes: int) -> int:
@@ -79,9 +87,12 @@ def default_steps(method: str, rank: int, probes: int) -> int:
 class LanczosCheckpoint:
     """Append-only files of a block Lanczos run: one set of ``.npy`` files per finished step.
 
-    Step j writes ``side_j.npy`` (J Q_j), ``coeff_j.npy``, ``Q_{j+1}.npy`` and ``R_{j+1}.npy``,
-    then ``progress.json`` (atomically, last, with the SHA-256 of every array), so a killed run
-    loses at most the step in flight and an edited file is refused on resume.
+    ``Q_0000.npy`` is the orthonormalised probe block. Step j writes ``side_j.npy`` (J Q_j),
+    ``coeff_j.npy``, ``Q_{j+1}.npy`` and ``R_{j+1}.npy``, then ``progress.json`` (atomically,
+    last, with the SHA-256 of every array), so a killed run loses at most the step in flight and
+    an edited file is refused on resume. The ``Q`` and ``side`` files are also the on-disk Krylov
+    basis (:class:`~trainmap.jacobian.matrix_free.basis.DiskBlocks`) when it does not fit the
+    memory budget.
     """
 
     def __init__(self, folder: Path, key: str) -> None:
@@ -91,29 +102,58 @@ class LanczosCheckpoint:
     def _progress_path(self) -> Path:
         return self.folder / "progress.json"
 
-    def load(self, probes: np.ndarray, resume: bool) -> tuple[BlockLanczosState, float]:
-        """The saved state (or a fresh one) and the compute seconds already spent."""
-        state = BlockLanczosState.start(probes)
-        if not resume or not self._progress_path().exists():
+    def load(self, probes: np.ndarray, resume: bool, on_disk: bool = False,
+             capacity: int = 0) -> tuple[BlockLanczosState, float]:
+        """The saved state (or a fresh one) and the compute seconds already spent.
+
+        Args:
+            probes: (b, P) starting block.
+            resume: continue the saved steps (else start over).
+            on_disk: keep the basis in this folder's files instead of memory.
+            capacity: blocks to reserve memory for (the planned steps).
+        """
+        b = probes.shape[0]
+        stores: dict[str, Any] = {"blocks": MemoryBlocks(capacity), "side": MemoryBlocks(capacity)}
+        if on_disk:
+            stores = {"blocks": DiskBlocks(self.folder, "Q", b), "side": DiskBlocks(self.folder, "side", b)}
+        fresh = not resume or not self._progress_path().exists()
+        if fresh:
             if self.folder.exists():
                 shutil.rmtree(self.folder)
             self.folder.mkdir(parents=True)
-            atomic_write_json(self._progress_path(), {"key": self.key, "steps": 0, "compute_s": 0.0})
+        state = BlockLanczosState.start(probes, **stores)
+        if fresh:
+            self._write("Q_0000.npy", state.next_block)  # type: ignore[arg-type]
+            atomic_write_json(self._progress_path(), {"key": self.key, "steps": 0, "compute_s": 0.0,
+                                                      "checksums": self._sums})
             return state, 0.0
         prog = read_json(self._progress_path())
         if prog.get("key") != self.key:
             raise CheckpointError(f"{self.folder} belongs to a different run (recipe, θ₀, probes or "
                                   "dtype changed); rerun without --resume or with --overwrite")
         self._sums = dict(prog.get("checksums", {}))
-        for j in range(int(prog["steps"])):
-            state.blocks.append(state.next_block)  # type: ignore[arg-type]
+        steps = int(prog["steps"])
+        self._drop_unfinished(steps)
+        if "Q_0000.npy" not in self._sums:  # written by an earlier version: Q_0 is the probes' QR
+            self._write("Q_0000.npy", state.next_block)  # type: ignore[arg-type]
+        for j in range(steps):
+            state.blocks.append(self._read(self.folder / f"Q_{j:04d}.npy"))
             side = self.folder / f"side_{j:04d}.npy"
             if side.exists():
                 state.side.append(self._read(side))
             state.coeffs.append(self._read(self.folder / f"coeff_{j:04d}.npy"))
-            state.next_block = self._read(self.folder / f"Q_{j + 1:04d}.npy")
-            state.next_R = self._read(self.folder / f"R_{j + 1:04d}.npy")
+        if steps:
+            state.next_block = self._read(self.folder / f"Q_{steps:04d}.npy")
+            state.next_R = self._read(self.folder / f"R_{steps:04d}.npy")
         return state, float(prog.get("compute_s", 0.0))
+
+    def _drop_unfinished(self, steps: int) -> None:
+        """Delete the files of a step that was in flight when the run stopped."""
+        for f in self.folder.glob("*.npy"):
+            name, _, idx = f.stem.rpartition("_")
+            last = steps - 1 if name in ("side", "coeff") else steps
+            if idx.isdigit() and int(idx) > last:
+                f.unlink()
 
     def _read(self, path: Path) -> np.ndarray:
         a = load_npy(path)
@@ -124,8 +164,11 @@ class LanczosCheckpoint:
         return a
 
     def _write(self, name: str, a: np.ndarray) -> None:
-        atomic_save_npy(self.folder / name, a)
-        self._sums[name] = _sha(np.asarray(a))
+        """Save ``a`` unless a disk basis has already written it; record its checksum."""
+        a = np.asarray(a)
+        if not (self.folder / name).exists():
+            atomic_save_npy(self.folder / name, a)
+        self._sums[name] = _sha(a)
 
     def save_step(self, state: BlockLanczosState, compute_s: float) -> None:
         j = state.steps - 1
@@ -136,6 +179,13 @@ class LanczosCheckpoint:
         self._write(f"R_{j + 1:04d}.npy", state.next_R)  # type: ignore[arg-type]
         atomic_write_json(self._progress_path(), {"key": self.key, "steps": state.steps,
                                                   "compute_s": compute_s, "checksums": self._sums})
+
+    def on_disk(self, state: BlockLanczosState) -> BlockLanczosState:
+        """The same state with its basis read from this folder's files instead of memory."""
+        b = state.block_size
+        state.blocks = DiskBlocks(self.folder, "Q", b, count=len(state.blocks))
+        state.side = DiskBlocks(self.folder, "side", b, count=len(state.side))
+        return state
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -160,6 +210,8 @@ def analyze_scale(
     time_budget_s: float | None = None,
     stop_after: int | None = None,
     keep_checkpoint: bool = True,
+    memory_gb: float | None = None,
+    basis: str = "auto",
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Estimate the training-Jacobian spectrum of ``recipe`` matrix-free and write a results folder.
@@ -187,6 +239,12 @@ def analyze_scale(
             earlier interrupted runs) and report what was reached (recorded in the summary).
         stop_after: stop after this many new steps by raising ``KeyboardInterrupt`` (tests).
         keep_checkpoint: keep ``checkpoint/`` after success (needed to extend the run later).
+        memory_gb: budget for the process's peak resident memory (GiB; None: 80% of the
+            machine's memory). The Krylov basis stays in memory while the measured peak plus the
+            basis still to come plus the read-off fits, and moves to disk (the checkpoint files)
+            when it would not; a run whose products alone exceed the budget stops with an error
+            after saving its steps (``--resume`` with a larger budget continues).
+        basis: ``"auto"`` (as above), ``"memory"`` or ``"disk"`` (from the first step).
         config: extra JSON-able settings recorded in config.json.
 
     Returns:
@@ -222,12 +280,23 @@ def analyze_scale(
     V0 = rademacher(probes, P, seed, dt)
     key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}"
     ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key)
-    state, spent = ckpt.load(V0, folder.resumed)
+    memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2))
+    state, spent = ckpt.load(V0, folder.resumed, on_disk=memory.on_disk, capacity=m)
     done_before = state.steps
     budget_hit = False
     new = 0
+    driver = None
+    if jax.process_count() > 1:  # process 0 of a jax.distributed job: the others serve_scale()
+        if not is_traceable(recipe):
+            raise ValueError("several processes need a JAX training map (the products are JAX collectives); "
+                             "run a torch recipe in one process")
+        with precision_context(dt):
+            handshake(th0_np, key)
+        driver = ProductDriver(op.block_operator(), dt)
+    apply = timed(driver or op.block_operator())
     with _progress(progress, max(m - state.steps, 0),
-                   f"block Lanczos on JᵀJ ({P:,} params, {probes} probes)") as advance:
+                   f"block Lanczos on JᵀJ ({P:,} params, {probes} probes)") as advance, \
+            _released(driver), precision_context(dt):
         while state.steps < m:
             if time_budget_s is not None and spent >= time_budget_s:
                 budget_hit = True
@@ -235,10 +304,12 @@ def analyze_scale(
             if stop_after is not None and new >= stop_after:
                 raise KeyboardInterrupt(f"stopped after {new} block steps (stop_after)")
             t0 = time.perf_counter()
-            block_lanczos_step(state, op.block_operator(), seed)
+            block_lanczos_step(state, apply, seed)
+            ckpt.save_step(state, spent + time.perf_counter() - t0)
             spent += time.perf_counter() - t0
-            ckpt.save_step(state, spent)
             new += 1
+            if memory.check(state.steps, m):
+                state = ckpt.on_disk(state)
             advance()
     t_lanczos = time.perf_counter()
 
@@ -286,17 +357,130 @@ def analyze_scale(
     summary["lanczos"] = {"block_size": probes, "steps": state.steps, "steps_requested": m,
                           "krylov_dim": n, "vector_products": state.steps * probes,
                           "steps_resumed": done_before, "stopped_by_time_budget": budget_hit,
-                          "compute_s": spent, "segment": segment, "devices": op.num_devices}
+                          "compute_s": spent, "segment": segment, "devices": op.num_devices,
+                          "product_s": apply.seconds, "products_timed": apply.calls,
+                          "bookkeeping_s": (t_lanczos - t_train) - apply.seconds if new else 0.0,
+                          "bookkeeping_fraction_of_products": ((t_lanczos - t_train - apply.seconds)
+                                                               / apply.seconds if apply.seconds else None),
+                          "basis": memory.describe()}
     summary["metrics"] = metrics
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
     summary["wall_time_s"] = {"train_check": t_train - t_start, "lanczos": t_lanczos - t_train,
                               "readoff": t_end - t_lanczos, "total": t_end - t_start,
                               "lanczos_compute_all_runs": spent}
-    summary["peak_memory_mb"] = peak_memory_mb()
+    summary["peak_memory_mb"] = memory.peak_mb()
+    summary["memory_budget_mb"] = memory.budget / 2**20
     summary["warnings"] = _warnings(summary, top, bottom, budget_hit)
     if not keep_checkpoint:
         shutil.rmtree(folder.path / "checkpoint", ignore_errors=True)
     return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
+
+
+def serve_scale(recipe: TrainingMap, theta0: Any, *, probes: int = 8, seed: int = 0,
+                dtype: Any = np.float32, segment: int | None = None) -> int:
+    """A process other than 0 of a ``jax.distributed`` job: compute its rows of every product.
+
+    Call it with the same run and the same ``probes``, ``seed``, ``dtype`` and ``segment`` that
+    process 0 passes to :func:`analyze_scale`; it returns (the number of blocks computed) when
+    process 0's Lanczos iteration ends. One error, on every process, if the runs differ.
+    """
+    dt = check_dtype(dtype)
+    with precision_context(dt):
+        th0 = np.asarray(recipe.check_theta(jnp.asarray(theta0, dtype=dt)))
+        op = TrainingOperator(recipe, th0, dtype=dt, segment=segment)
+        handshake(th0, fingerprint(recipe, th0, dt, probes) + f"|seed={seed}")
+        return serve_products(op.block_operator(), recipe.num_params, dt)
+
+
+@contextlib.contextmanager
+def _released(driver: ProductDriver | None) -> Iterator[None]:
+    """Stop the other processes' product loop however the iteration ends."""
+    try:
+        yield
+    finally:
+        if driver is not None:
+            driver.stop()
+
+
+class timed:
+    """A block operator that sums the seconds spent inside it (the products, nothing else)."""
+
+    def __init__(self, apply: Any) -> None:
+        self.apply, self.seconds, self.calls = apply, 0.0, 0
+
+    def __call__(self, X: np.ndarray) -> Any:
+        t0 = time.perf_counter()
+        out = self.apply(X)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+class MemoryBudgetError(MemoryError):
+    """The products of a matrix-free run need more memory than its budget."""
+
+
+def _machine_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return 16 * 2**30
+
+
+class MemoryBudget:
+    """Where the Krylov basis lives under a peak-memory budget (see :func:`analyze_scale`).
+
+    Args:
+        memory_gb: the budget (GiB) for the process's peak resident memory; None: 80% of the machine.
+        basis: "auto", "memory" or "disk".
+        row_bytes: bytes of one basis row (P · itemsize).
+        block: rows per block (the probes).
+        readoff_rows: rows the read-off holds at once (Ritz vectors V and U at each end).
+    """
+
+    def __init__(self, memory_gb: float | None, basis: str, row_bytes: int, block: int, readoff_rows: int) -> None:
+        if basis not in ("auto", "memory", "disk"):
+            raise ValueError(f"basis must be 'auto', 'memory' or 'disk', got {basis!r}")
+        if memory_gb is not None and memory_gb <= 0:
+            raise ValueError(f"memory_gb must be > 0, got {memory_gb}")
+        self.budget = int(memory_gb * 2**30) if memory_gb is not None else int(0.8 * _machine_memory_bytes())
+        self.mode, self.row_bytes, self.block, self.readoff = basis, row_bytes, block, readoff_rows * row_bytes
+        self.on_disk = basis == "disk"
+        self.moved_at: int | None = 0 if self.on_disk else None
+        self._before_move = 0.0  # MiB: the peak up to the move (the high-water mark is reset there)
+
+    def peak_mb(self) -> float:
+        """The process's peak resident memory so far (MiB), across a move to disk."""
+        return max(self._before_move, peak_memory_mb())
+
+    def check(self, steps: int, total_steps: int, peak_bytes: int | None = None) -> bool:
+        """After a step: True when the basis must move to disk now; raises when nothing fits.
+
+        Args:
+            steps: block steps done; total_steps: planned.
+            peak_bytes: the peak resident memory to judge by (default: measured now).
+        """
+        peak = int(peak_memory_mb() * 2**20) if peak_bytes is None else int(peak_bytes)
+        if not self.on_disk:
+            to_come = 2 * (total_steps - steps) * self.block * self.row_bytes  # Q_j and J Q_j
+            if self.mode == "auto" and peak + to_come + self.readoff > self.budget:
+                self.on_disk, self.moved_at = True, steps
+                self._before_move = self.peak_mb()
+                _reset_peak_rss()  # from here on the peak is that of a run with its basis on disk
+                return True
+            return False
+        need = peak + self.readoff + 2 * self.block * self.row_bytes
+        if need > self.budget:
+            raise MemoryBudgetError(
+                f"the products need {peak / 2**30:.2f} GiB of peak memory (measured) and the read-off "
+                f"{self.readoff / 2**30:.2f} GiB more, over the budget of {self.budget / 2**30:.2f} GiB "
+                "with the Krylov basis already on disk; raise --memory-gb (the steps are saved: add --resume) "
+                "or use fewer --probes")
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "on_disk": self.on_disk, "moved_to_disk_after_step": self.moved_at,
+                "budget_mb": self.budget / 2**20}
 
 
 def _single(q: Any, j: int) -> Any:

@@ -1,0 +1,191 @@
+"""Where a block Lanczos run keeps its Krylov basis: in memory, or in files on disk.
+
+A basis is an append-only sequence of (b, P) blocks (the orthonormal blocks Q_j, or their
+images J Q_j). The Lanczos step only needs two things from it: append a block, and sweep over
+all blocks in order (reorthogonalisation, Ritz vectors). Both stores do that in the operator's
+dtype, without converting a block to another precision:
+
+* :class:`MemoryBlocks` keeps one contiguous (capacity, P) array, so a sweep is one matrix
+  product with the whole basis;
+* :class:`DiskBlocks` keeps each block in its own ``.npy`` file (the run's checkpoint files) and
+  maps one block at a time during a sweep, so the resident memory of the basis is one block,
+  however long the run. The files are written atomically; their checksums are verified when a
+  run resumes (:class:`~trainmap.jacobian.matrix_free.pipeline.LanczosCheckpoint`), not on every
+  sweep, since the run itself wrote them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from trainmap._io import atomic_save_npy
+
+
+class BlockStore(Protocol):
+    """An append-only list of (b, P) blocks with an in-order sweep."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def rows(self) -> int:
+        """Rows in all blocks together."""
+        ...
+
+    def append(self, block: np.ndarray) -> None: ...
+
+    def __getitem__(self, j: int) -> np.ndarray: ...
+
+    def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, rows)``: consecutive row groups (g, P) covering the whole basis."""
+        ...
+
+
+class MemoryBlocks:
+    """Blocks in one contiguous, growing (capacity, P) array (rows appended in place).
+
+    Args:
+        capacity_blocks: blocks to reserve room for (the array grows by doubling past it).
+    """
+
+    def __init__(self, capacity_blocks: int = 0) -> None:
+        self._rows: np.ndarray | None = None
+        self._n = 0  # filled rows
+        self._b = 0
+        self._capacity_blocks = max(int(capacity_blocks), 1)
+
+    def __len__(self) -> int:
+        return self._n // self._b if self._b else 0
+
+    @property
+    def rows(self) -> int:
+        return self._n
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if self._rows is None:
+            self._b = block.shape[0]
+            self._rows = np.empty((self._capacity_blocks * self._b, block.shape[1]), dtype=block.dtype)
+        if block.shape[0] != self._b:
+            raise ValueError(f"blocks must all have {self._b} rows, got {block.shape[0]}")
+        if self._n + self._b > self._rows.shape[0]:
+            grown = np.empty((2 * self._rows.shape[0], self._rows.shape[1]), dtype=self._rows.dtype)
+            grown[: self._n] = self._rows[: self._n]
+            self._rows = grown
+        self._rows[self._n:self._n + self._b] = block
+        self._n += self._b
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        j = _index(j, len(self))
+        assert self._rows is not None
+        return self._rows[j * self._b:(j + 1) * self._b]
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self._n:
+            assert self._rows is not None
+            yield 0, self._rows[: self._n]
+
+
+class DiskBlocks:
+    """Blocks stored as ``folder/{prefix}_{j:04d}.npy``, mapped one at a time when read.
+
+    ``append`` writes the file atomically unless it already exists (a checkpoint may have written
+    it as the run's next block); ``j < len(self)`` are the blocks of the run.
+    """
+
+    def __init__(self, folder: Path, prefix: str, block_rows: int, count: int = 0) -> None:
+        self.folder, self.prefix, self._b, self._n = Path(folder), prefix, int(block_rows), int(count)
+
+    def path(self, j: int) -> Path:
+        return self.folder / f"{self.prefix}_{j:04d}.npy"
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def rows(self) -> int:
+        return self._n * self._b
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def append(self, block: np.ndarray) -> None:
+        p = self.path(self._n)
+        if not p.exists():
+            atomic_save_npy(p, np.asarray(block))
+        self._n += 1
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        j = _index(j, self._n)
+        return np.load(self.path(j), mmap_mode="r", allow_pickle=False)
+
+    def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
+        row = 0
+        for j in range(self._n):
+            block = self[j]
+            yield row, block
+            row += block.shape[0]
+            del block  # unmap before the next one: resident memory stays one block
+
+
+def _index(j: int, n: int) -> int:
+    if not -n <= j < n:
+        raise IndexError(f"block {j} of {n}")
+    return j % n
+
+
+def _remove(W: np.ndarray, G: np.ndarray, total: np.ndarray, start: int) -> None:
+    h = G @ W.T  # (g, b)
+    W -= h.T.astype(W.dtype, copy=False) @ G
+    total[start:start + G.shape[0]] += h
+
+
+def _sweep(W: np.ndarray, basis: BlockStore, total: np.ndarray) -> None:
+    for start, G in basis.sweep():
+        _remove(W, G, total, start)
+
+
+def project_out(W: np.ndarray, basis: BlockStore, local: int = 2) -> np.ndarray:
+    """Remove from the rows of W (b, P), in place, their components along every basis row.
+
+    First, twice, along the last ``local`` blocks (a Lanczos block A Q_j lies mostly in the span
+    of Q_j and Q_{j−1}); then one sweep over the whole basis, and a second sweep only where the
+    first removed a large part of a row (some row norm fell below 1/√2 of its value before the
+    sweep: Kahan and Parlett's "twice is enough" test). Each sweep is one matrix product per row
+    group in the basis dtype: in memory the whole basis is one group, on disk each block file is,
+    so a sweep reads every block once.
+
+    Returns:
+        (n, b) float64 coefficients ``Q Wᵀ`` summed over all projections (n basis rows), i.e. the
+        projection of the original W on the basis.
+    """
+    total = np.zeros((basis.rows, W.shape[0]))
+    n = len(basis)
+    for _ in range(2):
+        for j in range(max(n - local, 0), n):
+            G = basis[j]
+            _remove(W, G, total, j * G.shape[0])
+    before = np.linalg.norm(W, axis=1)
+    _sweep(W, basis, total)
+    if np.any(np.linalg.norm(W, axis=1) < before / np.sqrt(2.0)):
+        _sweep(W, basis, total)
+    return total
+
+
+def combine(coords: np.ndarray, basis: BlockStore, dtype: Any) -> np.ndarray:
+    """Rows ``coordsᵀ Q`` (k, P) for coordinate columns ``coords`` (n, k), in ``dtype``."""
+    out: np.ndarray | None = None
+    for start, G in basis.sweep():
+        part = coords[start:start + G.shape[0]].T.astype(dtype) @ G
+        if out is None:
+            out = part
+        else:
+            out += part
+    if out is None:
+        raise ValueError("the basis is empty")
+    return out
