@@ -15,6 +15,7 @@ computed there first.
     change      6. θ_T − θ₀ in the singular basis
     linearized  7. bulk vs null space of the output Jacobian
     reproduce   all seven on the configured setup, one results folder
+    scaling     regions against the parameter count (MLP, CNN, transformer; its own setups)
 """
 
 from __future__ import annotations
@@ -252,6 +253,40 @@ def register(app: typer.Typer) -> None:
                                           n_inputs=n_inputs or None, n_points=points, thresholds=th,
                                           resume=resume, overwrite=overwrite, config={"setup": kw})
         _run(go, out)
+
+    @app.command("scaling")
+    def scaling(
+        out: Path = typer.Option(Path("results/jacobian_scaling"), help="Results folder of the study."),
+        families: str = typer.Option("mlp,cnn,transformer", help="Comma-separated: mlp, cnn, transformer."),
+        mlp_widths: str = typer.Option("40,300,1000,3200", help="Hidden widths w of the digits MLP 64→w→w→10."),
+        cnn_widths: str = typer.Option("20,64,256,512", help="Channels of the residual 1-D CNN on MNIST-1D."),
+        transformer_widths: str = typer.Option("16,64,256,512", help="d_model of the 2-layer transformer on "
+                                               "modular addition."),
+        epochs: int = typer.Option(2, help="Training epochs of every model."),
+        exact_max: int = typer.Option(10_000, help="Largest parameter count computed exactly (J and its SVD); "
+                                      "larger models use the matrix-free SLQ route."),
+        probes: int = typer.Option(8, help="Matrix-free points: Rademacher probes (the Lanczos block size)."),
+        lanczos_steps: int = typer.Option(0, help="Matrix-free points: block Lanczos steps (0: the default, 30)."),
+        resume: bool = typer.Option(False, help="Continue the study in --out (finished points are reused)."),
+        overwrite: bool = typer.Option(False, help="Replace a previous study folder."),
+    ) -> None:
+        """Regions, σ_max and the bulk's |cos(u, v)| against the parameter count, for MLP, CNN and transformer."""
+        from trainmap.jacobian.scaling import FAMILIES, Point, scaling_study
+
+        fams = [f.strip() for f in families.split(",") if f.strip()]
+        bad = [f for f in fams if f not in FAMILIES]
+        if bad or not fams:
+            raise typer.BadParameter(f"--families takes {', '.join(FAMILIES)}; got {families!r}")
+        widths = {"mlp": _ints(mlp_widths, "--mlp-widths"), "cnn": _ints(cnn_widths, "--cnn-widths"),
+                  "transformer": _ints(transformer_widths, "--transformer-widths")}
+        points = [Point(f, w, epochs) for f in fams for w in widths[f]]
+        summary = _run(lambda: scaling_study(out, points, exact_max=exact_max, probes=probes,
+                                             steps=lanczos_steps or None, resume=resume, overwrite=overwrite),
+                       out)
+        for r in summary["points"]:
+            err = "" if r["route"] == "exact" else f" ± {100 * r['bulk_fraction_err']:.1f}"
+            typer.echo(f"  {r['family']:11s} P = {r['num_params']:>10,}  {r['route']:5s}  bulk "
+                       f"{100 * r['bulk_fraction']:5.1f}%{err}  σ_max {r['sigma_max']:.3g}")
 
     @app.command("reproduce")
     def reproduce_cmd(

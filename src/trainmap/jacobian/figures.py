@@ -122,3 +122,41 @@ def loss_curve_figure(losses: np.ndarray) -> Any:
     ax.set_title("Training curve")
     ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+def scaling_figure(rows: Any) -> Any:
+    """Region fractions, σ_max and the bulk's median |cos(u, v)| against P, one marker per family.
+
+    Args:
+        rows: the study's table rows (:func:`trainmap.jacobian.scaling.scaling_study`); exact points
+            are drawn filled, matrix-free estimates hollow with their error bars.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    markers = {"mlp": "o", "cnn": "s", "transformer": "^"}
+    for fam in sorted({r["family"] for r in rows}):
+        rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["num_params"])
+        P = np.array([r["num_params"] for r in rs], float)
+        exact = np.array([r["route"] == "exact" for r in rs])
+        mk = markers.get(fam, "D")
+        for code, region in ((CHAOTIC, "chaotic"), (BULK, "bulk"), (STABLE, "stable")):
+            f = np.array([r[f"{region}_fraction"] for r in rs])
+            e = np.array([r[f"{region}_fraction_err"] for r in rs])
+            axes[0].plot(P, f, color=COLORS[code], lw=0.8, alpha=0.6)
+            axes[0].errorbar(P[~exact], f[~exact], yerr=e[~exact], fmt=mk, mfc="none", color=COLORS[code], ms=6)
+            axes[0].plot(P[exact], f[exact], mk, color=COLORS[code], ms=6)
+        axes[1].plot(P, [r["sigma_max"] for r in rs], mk + "-", label=fam)
+        cos = np.array([np.nan if r["bulk_median_abs_cos_uv"] is None else r["bulk_median_abs_cos_uv"] for r in rs])
+        axes[2].plot(P, cos, mk + "-", label=fam)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters P")
+    axes[0].set_ylabel("fraction of P (red chaotic, green bulk, blue stable)")
+    axes[0].set_ylim(0, 1)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("σ_max")
+    axes[2].set_ylabel("bulk median |cos(u, v)| (exact points)")
+    axes[1].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    fig.suptitle("Training-Jacobian regions against model size")
+    fig.tight_layout()
+    return fig
