@@ -281,6 +281,7 @@ def analyze_scale(
     key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}"
     ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key)
     memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2))
+    memory.check_start(m)  # a basis that cannot fit (e.g. a resumed long run) is never loaded into memory
     state, spent = ckpt.load(V0, folder.resumed, on_disk=memory.on_disk, capacity=m)
     done_before = state.steps
     budget_hit = False
@@ -452,6 +453,14 @@ class MemoryBudget:
     def peak_mb(self) -> float:
         """The process's peak resident memory so far (MiB), across a move to disk."""
         return max(self._before_move, peak_memory_mb())
+
+    def check_start(self, total_steps: int, peak_bytes: int | None = None) -> bool:
+        """Before the first step: the basis starts on disk when all of it could never fit (auto mode)."""
+        peak = int(peak_memory_mb() * 2**20) if peak_bytes is None else int(peak_bytes)
+        whole = 2 * total_steps * self.block * self.row_bytes
+        if self.mode == "auto" and not self.on_disk and peak + whole + self.readoff > self.budget:
+            self.on_disk, self.moved_at = True, 0
+        return self.on_disk
 
     def check(self, steps: int, total_steps: int, peak_bytes: int | None = None) -> bool:
         """After a step: True when the basis must move to disk now; raises when nothing fits.
