@@ -101,6 +101,7 @@ def jacobian(
                                      "environment (SLURM, Open MPI); see docs/distributed.md."),
 ) -> None:
     """Run the exact training-Jacobian analysis (no options: the reference experiment)."""
+    exact_memory_gb = 2.0 if memory_gb is None else memory_gb  # the exact engine's default budget
     tols = sorted(set(bulk_tol), reverse=True) if bulk_tol else [0.1, 0.01, 0.001]
     if min(tols) <= 0:
         typer.secho(f"error: --bulk-tol must be > 0, got {min(tols)}", fg=typer.colors.RED, err=True)
@@ -124,7 +125,7 @@ def jacobian(
             raise typer.Exit(2)
 
         ctx.obj = JacobianSetup(recipe_kwargs, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
-                                chunk_size=chunk_size or None, memory_gb=2.0 if memory_gb is None else memory_gb)
+                                chunk_size=chunk_size or None, memory_gb=exact_memory_gb)
         return
     _refuse_ignored(ctx, method)
     if local_processes:
@@ -134,9 +135,9 @@ def jacobian(
 
         run_lens(lambda: initialize(coordinator, num_processes, process_id))
     run = _user_run(ctx, recipe, recipe_arg) if recipe else run_lens(lambda: builtin_run(recipe_kwargs))
-    if method is not Method.exact and _serves(run, seed=seed, probes=probes, dtype=dtype.value):
-        return
     if method is not Method.exact:
+        if _serves(run, seed=seed, probes=probes, dtype=dtype.value):
+            return
         _run_matrix_free(method.value, run, seed=seed, dtype=dtype.value, bulk_tol=bulk_tol, out=out,
                          resume=resume, overwrite=overwrite, rank=rank, probes=probes, steps=lanczos_steps,
                          memory_gb=memory_gb, basis=basis.value)
@@ -148,7 +149,7 @@ def jacobian(
         run.recipe, run.theta0, out, eval_sets=run.eval_sets,
         dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), bulk_tolerances=tols,
         chunk_size=chunk_size or None,
-        memory_budget_gb=2.0 if memory_gb is None else memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
+        memory_budget_gb=exact_memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
         primal=primal.value, config=run.source and {"recipe_source": run.source}))
     _write_report(out)
     _print_summary(summary, out)

@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from trainmap._io import atomic_write_bytes
 from trainmap._progress import stage
 from trainmap.jacobian.regions import REGIONS, Thresholds
@@ -122,17 +120,18 @@ def run_point(point: Point, folder: Path, *, exact_max: int, probes: int, steps:
     """Compute (or reuse, or resume) one point's results folder; returns its table row."""
     from trainmap.jacobian.experiments._common import finished
 
-    recipe, theta0, evals = build(point, seed)
-    route = "exact" if recipe.num_params <= exact_max else "slq"
-    config = {"scaling_point": {**asdict(point), "route": route, "seed": seed}}
+    want = {**asdict(point), "seed": seed}
     done = finished(folder)
-    if done is not None:
+    if done is not None:  # reused as it is: the run is not even rebuilt
         from trainmap._io import read_json
 
-        old = read_json(folder / "config.json").get("scaling_point")
-        if old != config["scaling_point"]:
+        old = read_json(folder / "config.json").get("scaling_point") or {}
+        if {k: old.get(k) for k in want} != want:
             raise ValueError(f"{folder} holds another point ({old}); remove it or choose another --out")
-        return _row(point, route, done)
+        return _row(point, old["route"], done)
+    recipe, theta0, evals = build(point, seed)
+    route = "exact" if recipe.num_params <= exact_max else "slq"
+    config = {"scaling_point": {**want, "route": route}}
     resume = (folder / "manifest.json").exists()
     if route == "exact":
         from trainmap.jacobian.analysis import analyze
@@ -209,12 +208,3 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         w.writerow({k: "" if v is None else v for k, v in r.items()})
     return buf.getvalue()
-
-
-def fractions(rows: Sequence[Mapping[str, Any]], region: str = "bulk") -> dict[str, np.ndarray]:
-    """Per family, an (n, 3) array of (P, fraction, error) for ``region``, sorted by P."""
-    out: dict[str, np.ndarray] = {}
-    for fam in sorted({r["family"] for r in rows}):
-        rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["num_params"])
-        out[fam] = np.array([[r["num_params"], r[f"{region}_fraction"], r[f"{region}_fraction_err"]] for r in rs])
-    return out

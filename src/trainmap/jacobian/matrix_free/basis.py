@@ -82,9 +82,6 @@ class MemoryBlocks:
         assert self._rows is not None
         return self._rows[j * self._b:(j + 1) * self._b]
 
-    def __bool__(self) -> bool:
-        return self._n > 0
-
     def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
         if self._n:
             assert self._rows is not None
@@ -110,9 +107,6 @@ class DiskBlocks:
     @property
     def rows(self) -> int:
         return self._n * self._b
-
-    def __bool__(self) -> bool:
-        return self._n > 0
 
     def append(self, block: np.ndarray) -> None:
         p = self.path(self._n)

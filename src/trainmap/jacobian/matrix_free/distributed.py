@@ -134,12 +134,12 @@ def _digest(text: str) -> np.ndarray:
     return np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8).astype(np.int32)
 
 
-def handshake(theta0: np.ndarray, key: str) -> np.ndarray:
-    """Collective (every process): process 0's θ₀, after checking that all built the same run.
+def handshake(key: str) -> None:
+    """Collective (every process): check that all processes built the same run.
 
     Args:
-        theta0: (P,) this process's θ₀.
-        key: a fingerprint of the run (recipe, θ₀, dtype, probes).
+        key: a fingerprint of the run (recipe, θ₀, dtype, probes), e.g. from
+            :func:`~trainmap.jacobian.exact.checkpoint.fingerprint`.
 
     Raises:
         RuntimeError: on every process, when some process built a different run.
@@ -148,13 +148,11 @@ def handshake(theta0: np.ndarray, key: str) -> np.ndarray:
 
     mine = _digest(key)
     ref = np.asarray(multihost_utils.broadcast_one_to_all(mine))
-    th = np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(theta0)))
     same = np.asarray(multihost_utils.process_allgather(np.array([int(np.array_equal(ref, mine))], np.int32)))
     if not same.all():
         bad = [int(i) for i in np.flatnonzero(same.ravel() == 0)]
         raise RuntimeError(f"process(es) {bad} built a different run than process 0 (recipe, θ₀, dtype or "
                            "probes); start every process with the same command")
-    return th.astype(np.asarray(theta0).dtype, copy=False)
 
 
 class ProductDriver:

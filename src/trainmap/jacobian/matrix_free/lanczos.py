@@ -46,10 +46,10 @@ def _dead_tolerance(dtype: Any) -> float:
 
 
 def _orthonormalise(W: np.ndarray, basis: BlockStore, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Orthogonalise the rows of W (b, P) against every basis block (two passes), then QR.
+    """Orthogonalise the rows of W (b, P) against every basis block, then QR.
 
     W is overwritten. All products are in W's dtype (the operator's), one per row group of the
-    basis (:func:`~trainmap.jacobian.matrix_free.basis.project_out`).
+    basis; :func:`~trainmap.jacobian.matrix_free.basis.project_out` says when a second sweep runs.
 
     Returns:
         (Q_next, R, coeff): Q_next (b, P) with orthonormal rows, R (b, b) upper triangular such

@@ -283,7 +283,7 @@ def analyze_scale(
     memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2))
     memory.check_start(m)  # a basis that cannot fit (e.g. a resumed long run) is never loaded into memory
     state, spent = ckpt.load(V0, folder.resumed, on_disk=memory.on_disk, capacity=m)
-    done_before = state.steps
+    done_before, spent_before = state.steps, spent
     budget_hit = False
     new = 0
     driver = None
@@ -292,7 +292,7 @@ def analyze_scale(
             raise ValueError("several processes need a JAX training map (the products are JAX collectives); "
                              "run a torch recipe in one process")
         with precision_context(dt):
-            handshake(th0_np, key)
+            handshake(key)
         driver = ProductDriver(op.block_operator(), dt)
     apply = timed(driver or op.block_operator())
     with _progress(progress, max(m - state.steps, 0),
@@ -313,6 +313,7 @@ def analyze_scale(
                 state = ckpt.on_disk(state)
             advance()
     t_lanczos = time.perf_counter()
+    bookkeeping_s = (spent - spent_before) - apply.seconds  # this run's steps outside the products
 
     # ------------------------------------------------------------------ read-off
     n = state.steps * probes
@@ -360,9 +361,8 @@ def analyze_scale(
                           "steps_resumed": done_before, "stopped_by_time_budget": budget_hit,
                           "compute_s": spent, "segment": segment, "devices": op.num_devices,
                           "product_s": apply.seconds, "products_timed": apply.calls,
-                          "bookkeeping_s": (t_lanczos - t_train) - apply.seconds if new else 0.0,
-                          "bookkeeping_fraction_of_products": ((t_lanczos - t_train - apply.seconds)
-                                                               / apply.seconds if apply.seconds else None),
+                          "bookkeeping_s": bookkeeping_s,
+                          "bookkeeping_fraction_of_products": bookkeeping_s / apply.seconds if apply.seconds else None,
                           "basis": memory.describe()}
     summary["metrics"] = metrics
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
@@ -389,7 +389,7 @@ def serve_scale(recipe: TrainingMap, theta0: Any, *, probes: int = 8, seed: int 
     with precision_context(dt):
         th0 = np.asarray(recipe.check_theta(jnp.asarray(theta0, dtype=dt)))
         op = TrainingOperator(recipe, th0, dtype=dt, segment=segment)
-        handshake(th0, fingerprint(recipe, th0, dt, probes) + f"|seed={seed}")
+        handshake(fingerprint(recipe, th0, dt, probes) + f"|seed={seed}")
         return serve_products(op.block_operator(), recipe.num_params, dt)
 
 
@@ -454,9 +454,13 @@ class MemoryBudget:
         """The process's peak resident memory so far (MiB), across a move to disk."""
         return max(self._before_move, peak_memory_mb())
 
+    @staticmethod
+    def _peak(peak_bytes: int | None) -> int:
+        return int(peak_memory_mb() * 2**20) if peak_bytes is None else int(peak_bytes)
+
     def check_start(self, total_steps: int, peak_bytes: int | None = None) -> bool:
         """Before the first step: the basis starts on disk when all of it could never fit (auto mode)."""
-        peak = int(peak_memory_mb() * 2**20) if peak_bytes is None else int(peak_bytes)
+        peak = self._peak(peak_bytes)
         whole = 2 * total_steps * self.block * self.row_bytes
         if self.mode == "auto" and not self.on_disk and peak + whole + self.readoff > self.budget:
             self.on_disk, self.moved_at = True, 0
@@ -469,7 +473,7 @@ class MemoryBudget:
             steps: block steps done; total_steps: planned.
             peak_bytes: the peak resident memory to judge by (default: measured now).
         """
-        peak = int(peak_memory_mb() * 2**20) if peak_bytes is None else int(peak_bytes)
+        peak = self._peak(peak_bytes)
         if not self.on_disk:
             to_come = 2 * (total_steps - steps) * self.block * self.row_bytes  # Q_j and J Q_j
             if self.mode == "auto" and peak + to_come + self.readoff > self.budget:
