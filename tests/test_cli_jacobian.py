@@ -14,10 +14,17 @@ runner = CliRunner()
 SMALL = ["jacobian", "--hidden", "4", "--epochs", "1", "--batch-size", "200", "--chunk-size", "64"]
 
 
-def test_cli_writes_a_complete_results_folder(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One finished ``trainmap jacobian`` run of SMALL, shared read-only by the tests below."""
+    out = tmp_path_factory.mktemp("small") / "run"
     res = runner.invoke(app, [*SMALL, "--out", str(out)])
     assert res.exit_code == 0, res.output
+    return out
+
+
+def test_cli_writes_a_complete_results_folder(small_run):
+    out = small_run
     for name in ("config.json", "summary.json", "jacobian.npy", "singular_values.npy", "svd_U.npy",
                  "svd_Vt.npy", "regions.npy", "cos_uv.npy", "delta_proj.npy", "spectrum.png",
                  "sigma_minus_one.png", "cos_uv.png", "sigma_histogram.png", "training_loss.png", "report.html"):
@@ -38,15 +45,17 @@ def test_cli_writes_a_complete_results_folder(tmp_path):
     assert not list(out.glob(".*.tmp"))  # no temp files left behind
 
 
-def test_cli_refuses_to_overwrite_without_flag_and_resume_finishes(tmp_path):
+def test_cli_refuses_to_overwrite_without_flag_and_resume_finishes(tmp_path, small_run):
+    import shutil
+
     out = tmp_path / "run"
-    assert runner.invoke(app, [*SMALL, "--out", str(out)]).exit_code == 0
+    shutil.copytree(small_run, out)
     again = runner.invoke(app, [*SMALL, "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*SMALL, "--out", str(out), "--overwrite"]).exit_code == 0
 
 
-def test_cli_resume_with_other_options_is_refused(tmp_path):
+def test_cli_resume_with_other_options_is_refused(tmp_path, small_run):
     import pytest
 
     from trainmap.jacobian.analysis import analyze
@@ -60,9 +69,7 @@ def test_cli_resume_with_other_options_is_refused(tmp_path):
     assert other.exit_code == 2 and "differs" in other.output
     done = runner.invoke(app, [*SMALL, "--out", str(out), "--resume"])
     assert done.exit_code == 0, done.output
-    fresh = tmp_path / "fresh"
-    assert runner.invoke(app, [*SMALL, "--out", str(fresh)]).exit_code == 0
-    assert np.load(out / "jacobian.npy").tobytes() == np.load(fresh / "jacobian.npy").tobytes()
+    assert np.load(out / "jacobian.npy").tobytes() == np.load(small_run / "jacobian.npy").tobytes()
 
 
 @pytest.mark.slow  # opt-in (every engine route is pinned bit for bit by tests/test_baseline.py)

@@ -14,7 +14,7 @@ reference run), so thresholds on |σ − 1| below ~1e-5 need ``float64``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -82,30 +82,83 @@ class JacobianSVD:
         return self.Vt[region_mask(self.codes, region)].T
 
 
-def _gesdd(J: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """U, S, Vt of J in ``dt``, by LAPACK's divide and conquer (gesdd).
+def _gesdd(make: Callable[[], np.ndarray], dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U, S, Vt of a square matrix in ``dt``, by LAPACK's divide and conquer (gesdd).
+
+    Args:
+        make: returns a fresh copy of the matrix in ``dt`` each time it is called; gesdd overwrites
+            it (one copy of the matrix in memory instead of two).
 
     gesdd occasionally fails to converge in float32 (it fails on J of the published setup, after
     10 s, and on Jᵀ succeeds in 10 s). So it runs on Jᵀ first (J = (V Sᵀ Uᵀ)ᵀ: the factors swap),
     then on J, then in float64 (as accurate, 2.5x slower, twice the memory), and last the slower but
     robust gesvd.
     """
-    A = J.astype(dt, copy=False)
-    for a, transposed in ((A.T, True), (A, False)):
+    for transposed in (True, False):
+        a = make()
         try:
-            U, S, Vt = scipy.linalg.svd(a, lapack_driver="gesdd", check_finite=False)
+            U, S, Vt = scipy.linalg.svd(a.T if transposed else a, lapack_driver="gesdd", check_finite=False,
+                                        overwrite_a=True)
             return (Vt.T, S, U.T) if transposed else (U, S, Vt)
         except np.linalg.LinAlgError:
             continue
     try:
-        return tuple(x.astype(dt) for x in scipy.linalg.svd(A.astype(np.float64), lapack_driver="gesdd",
+        return tuple(x.astype(dt) for x in scipy.linalg.svd(make().astype(np.float64), lapack_driver="gesdd",
                                                              check_finite=False))  # type: ignore[return-value]
     except np.linalg.LinAlgError:
-        return scipy.linalg.svd(A, lapack_driver="gesvd", check_finite=False)
+        return scipy.linalg.svd(make(), lapack_driver="gesvd", check_finite=False, overwrite_a=True)
+
+
+def decoupled(J: np.ndarray) -> np.ndarray:
+    """Indices j whose row and column of J are zero off the diagonal: J e_j = J_jj e_j and
+    e_jᵀ J = J_jj e_jᵀ (a parameter that training never couples to any other, such as the
+    first-layer weights of an input feature that is zero in every training sample). (k,) int64."""
+    nz = np.asarray(J) != 0
+    d = np.diagonal(nz)
+    off_col, off_row = nz.sum(axis=0) - d, nz.sum(axis=1) - d
+    return np.flatnonzero((off_col == 0) & (off_row == 0))
+
+
+def _svd_deflated(J: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U, S, Vt of J with its decoupled indices (:func:`decoupled`) split off exactly.
+
+    After a permutation J is block diagonal, the coupled block and a diagonal; each decoupled j
+    contributes σ = |J_jj| with u = sign(J_jj) e_j and v = e_j, and only the coupled block goes
+    through gesdd (192 of the 4,810 indices on the published setup: gesdd's cost falls by
+    about 11%). The factors are merged in descending σ.
+    """
+    P = J.shape[0]
+    dead = decoupled(J)
+    if dead.size == 0:
+        return _gesdd(lambda: np.array(J, dtype=dt), dt)
+    live = np.setdiff1d(np.arange(P), dead)
+    diag = np.asarray(J)[dead, dead].astype(dt)
+    if live.size:
+        Ul, Sl, Vtl = _gesdd(lambda: np.asarray(J)[np.ix_(live, live)].astype(dt), dt)
+    else:
+        Ul = Vtl = np.zeros((0, 0), dt)
+        Sl = np.zeros(0, dt)
+    S_all = np.concatenate([Sl, np.abs(diag)])
+    order = np.argsort(-S_all, kind="stable")  # position of every singular value after the merge
+    slot = np.empty(P, np.int64)
+    slot[order] = np.arange(P)
+    U = np.zeros((P, P), dt)
+    Vt = np.zeros((P, P), dt)
+    cols = slot[: live.size]
+    U[np.ix_(live, cols)] = Ul
+    Vt[np.ix_(cols, live)] = Vtl
+    del Ul, Vtl
+    at = slot[live.size:]
+    U[dead, at] = np.where(diag < 0, -1, 1).astype(dt)
+    Vt[at, dead] = 1
+    return U, S_all[order], Vt
 
 
 def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None) -> JacobianSVD:
     """Full SVD of J with regions and cos(u_i, v_i).
+
+    Indices that training never couples to any other (:func:`decoupled`) are split off exactly
+    before the dense SVD, which then runs on the remaining block only.
 
     Args:
         J: (P, P) training Jacobian.
@@ -118,7 +171,7 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
     if not np.all(np.isfinite(J)):
         raise ValueError("J contains NaN/inf; recompute it (the training run may have diverged)")
     dt = np.dtype(dtype or J.dtype)
-    U, S, Vt = _gesdd(J, dt)
+    U, S, Vt = _svd_deflated(J, dt)
     cos_uv = np.einsum("ij,ji->i", Vt, U)
     return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds)
 

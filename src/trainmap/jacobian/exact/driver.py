@@ -191,7 +191,7 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, K:
     # wait for the primal pass (dispatch is asynchronous) so that its working memory is freed
     # before the chunk program compiles, instead of both peaking together
     jax.block_until_ready(arg)
-    release_memory()
+    release_memory(full=True)
 
     def launch(i: int) -> jax.Array:  # asynchronous: returns before the chunk is computed
         return program(arg, jnp.asarray(i * K, jnp.int32))
