@@ -147,6 +147,35 @@ def test_decoupled_indices_are_split_off_exactly_and_the_factors_match_a_dense_s
     np.testing.assert_array_equal((dec.U * dec.S) @ dec.Vt, diag)
 
 
+def test_a_memory_mapped_j_is_read_in_slabs_and_gives_the_same_factors(tmp_path, monkeypatch):
+    """J from its .npy file (memory map) through slabs of a few rows: the same bits as in memory."""
+    from trainmap.jacobian import regions
+
+    rng = np.random.default_rng(5)
+    J = (rng.normal(size=(37, 37)) / 6 + np.eye(37)).astype(np.float32)
+    J[[2, 30], :] = 0
+    J[:, [2, 30]] = 0
+    J[2, 2], J[30, 30] = 1.0, 0.25
+    np.save(tmp_path / "J.npy", J)
+    ref = svd(J)
+    monkeypatch.setattr(regions, "SLAB_BYTES", 5 * 37 * 4)  # 5 rows per slab, the last one short
+    seen = []
+    real = regions._row_slabs
+
+    def counting(A):
+        for r0, slab in real(A):
+            seen.append((r0, slab.shape[0]))
+            yield r0, slab
+
+    monkeypatch.setattr(regions, "_row_slabs", counting)
+    mm = np.load(tmp_path / "J.npy", mmap_mode="r")
+    dec = svd(mm)
+    assert seen[:8] == [(r, min(5, 37 - r)) for r in range(0, 37, 5)]  # the scan's pass
+    for a, b in ((dec.S, ref.S), (dec.U, ref.U), (dec.Vt, ref.Vt)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(regions.decoupled(mm), [2, 30])
+
+
 #: the documented float32 SVD precision (docs/jacobian.md): |σ32 − σ64| ≤ SVD32_BOUND · σ_max
 SVD32_BOUND = 2e-6
 

@@ -13,8 +13,9 @@ reference run), so thresholds on |σ − 1| below ~1e-5 need ``float64``.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -109,18 +110,66 @@ def _gesdd(make: Callable[[], np.ndarray], dt: np.dtype) -> tuple[np.ndarray, np
         return scipy.linalg.svd(make(), lapack_driver="gesvd", check_finite=False, overwrite_a=True)
 
 
+#: rows of J read at a time by the passes over it (a memory-mapped J is never resident as a whole)
+SLAB_BYTES = 32 * 2**20
+
+
+def _row_slabs(J: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of J in slabs of about :data:`SLAB_BYTES`.
+
+    For a memory-mapped J (``np.load(..., mmap_mode="r")``) each slab's pages are dropped from
+    the process once it has been read (``madvise(MADV_DONTNEED)``; the file stays in the page
+    cache), so reading J adds one slab to the resident memory, not the whole matrix.
+    """
+    rows, row_bytes = J.shape[0], max(J.shape[1] * J.itemsize, 1)
+    step = max(1, SLAB_BYTES // row_bytes)
+    mm = getattr(J, "_mmap", None) if isinstance(J, np.memmap) else None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        yield r0, np.asarray(J[r0:r1])
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            base = J.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 starts in the mapping
+            a = (base + r0 * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, a, base + r1 * row_bytes - a)
+            except (OSError, ValueError):
+                pass
+
+
+def _scan(J: np.ndarray) -> tuple[bool, np.ndarray]:
+    """One pass over J: (all entries finite, :func:`decoupled` indices)."""
+    P = J.shape[0]
+    col, row, diag = np.zeros(P, np.int64), np.zeros(P, np.int64), np.zeros(P, bool)
+    finite = True
+    for r0, slab in _row_slabs(J):
+        r1 = r0 + slab.shape[0]
+        finite = finite and bool(np.isfinite(slab).all())
+        nz = slab != 0
+        col += nz.sum(axis=0)
+        row[r0:r1] = nz.sum(axis=1)
+        diag[r0:r1] = nz[np.arange(r1 - r0), np.arange(r0, r1)]
+    return finite, np.flatnonzero((col - diag == 0) & (row - diag == 0))
+
+
 def decoupled(J: np.ndarray) -> np.ndarray:
     """Indices j whose row and column of J are zero off the diagonal: J e_j = J_jj e_j and
     e_jᵀ J = J_jj e_jᵀ (a parameter that training never couples to any other, such as the
     first-layer weights of an input feature that is zero in every training sample). (k,) int64."""
-    nz = np.asarray(J) != 0
-    d = np.diagonal(nz)
-    off_col, off_row = nz.sum(axis=0) - d, nz.sum(axis=1) - d
-    return np.flatnonzero((off_col == 0) & (off_row == 0))
+    return _scan(J)[1]
 
 
-def _svd_deflated(J: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """U, S, Vt of J with its decoupled indices (:func:`decoupled`) split off exactly.
+def _block(J: np.ndarray, idx: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """A fresh (n, n) array J[idx][:, idx] in ``dt``, read slab by slab (idx sorted)."""
+    A = np.empty((idx.size, idx.size), dt)
+    for r0, slab in _row_slabs(J):
+        lo, hi = np.searchsorted(idx, [r0, r0 + slab.shape[0]])
+        if hi > lo:
+            A[lo:hi] = slab[idx[lo:hi] - r0][:, idx]
+    return A
+
+
+def _svd_deflated(J: np.ndarray, dt: np.dtype, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U, S, Vt of J with its decoupled indices ``dead`` (:func:`decoupled`) split off exactly.
 
     After a permutation J is block diagonal, the coupled block and a diagonal; each decoupled j
     contributes σ = |J_jj| with u = sign(J_jj) e_j and v = e_j, and only the coupled block goes
@@ -128,13 +177,12 @@ def _svd_deflated(J: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray, 
     about 11%). The factors are merged in descending σ.
     """
     P = J.shape[0]
-    dead = decoupled(J)
-    if dead.size == 0:
-        return _gesdd(lambda: np.array(J, dtype=dt), dt)
     live = np.setdiff1d(np.arange(P), dead)
-    diag = np.asarray(J)[dead, dead].astype(dt)
+    if dead.size == 0:
+        return _gesdd(lambda: _block(J, live, dt), dt)
+    diag = np.asarray(J[dead, dead]).astype(dt)
     if live.size:
-        Ul, Sl, Vtl = _gesdd(lambda: np.asarray(J)[np.ix_(live, live)].astype(dt), dt)
+        Ul, Sl, Vtl = _gesdd(lambda: _block(J, live, dt), dt)
     else:
         Ul = Vtl = np.zeros((0, 0), dt)
         Sl = np.zeros(0, dt)
@@ -158,20 +206,23 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
     """Full SVD of J with regions and cos(u_i, v_i).
 
     Indices that training never couples to any other (:func:`decoupled`) are split off exactly
-    before the dense SVD, which then runs on the remaining block only.
+    before the dense SVD, which then runs on the remaining block only. J may be a memory map of
+    its ``.npy`` file: it is read in slabs and never resident as a whole.
 
     Args:
         J: (P, P) training Jacobian.
         thresholds: region boundaries.
         dtype: precision of the SVD (default: J's dtype; float64 for |σ − 1| below ~1e-5).
     """
-    J = np.asarray(J)
+    if not isinstance(J, np.memmap):
+        J = np.asarray(J)
     if J.ndim != 2 or J.shape[0] != J.shape[1]:
         raise ValueError(f"J must be square (P, P), got {J.shape}")
-    if not np.all(np.isfinite(J)):
+    finite, dead = _scan(J)
+    if not finite:
         raise ValueError("J contains NaN/inf; recompute it (the training run may have diverged)")
     dt = np.dtype(dtype or J.dtype)
-    U, S, Vt = _svd_deflated(J, dt)
+    U, S, Vt = _svd_deflated(J, dt, dead)
     cos_uv = np.einsum("ij,ji->i", Vt, U)
     return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds)
 
