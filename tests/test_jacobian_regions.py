@@ -130,6 +130,7 @@ def test_decoupled_indices_are_split_off_exactly_and_the_factors_match_a_dense_s
     np.testing.assert_array_equal(regions.decoupled(J), dead)
     for dt in (np.float64, np.float32):
         dec = svd(J.astype(dt))
+        assert dec.decoupled == 5 and region_summary(dec)["decoupled"]["count"] == 5
         ref = np.linalg.svd(J, compute_uv=False)
         tol = 1e-12 if dt == np.float64 else 1e-5
         assert dec.S.dtype == dt and np.all(np.diff(dec.S) <= 0)

@@ -69,6 +69,8 @@ class JacobianSVD:
         codes: (P,) region code per index (see :func:`classify`).
         cos_uv: (P,) cos(u_i, v_i) = u_i · v_i.
         thresholds: the region boundaries used.
+        decoupled: how many indices training never couples to any other (:func:`decoupled`;
+            split off before the dense SVD), or None when not known (a loaded SVD).
     """
 
     U: np.ndarray
@@ -77,6 +79,7 @@ class JacobianSVD:
     codes: np.ndarray
     cos_uv: np.ndarray
     thresholds: Thresholds
+    decoupled: int | None = None
 
     def basis(self, region: str) -> np.ndarray:
         """(P, k) orthonormal basis (right singular vectors) of a region's subspace."""
@@ -224,7 +227,7 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
     dt = np.dtype(dtype or J.dtype)
     U, S, Vt = _svd_deflated(J, dt, dead)
     cos_uv = np.einsum("ij,ji->i", Vt, U)
-    return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds)
+    return JacobianSVD(U, S, Vt, classify(S, thresholds), cos_uv, thresholds, int(dead.size))
 
 
 #: the bulk tolerances at which Scherlis & Belrose (2024) count singular values near 1
@@ -273,6 +276,10 @@ def region_summary(dec: JacobianSVD, tolerances: Sequence[float] = BULK_TOLERANC
             "median_abs_cos_uv": float(np.median(np.abs(dec.cos_uv[m]))) if n else None,
         }
     out["authors"] = authors_statistics(dec.S, dec.cos_uv, tolerances)
+    if dec.decoupled is not None:
+        out["decoupled"] = {"count": dec.decoupled,
+                            "meaning": "indices j with J e_j = J_jj e_j and e_j^T J = J_jj e_j^T (never coupled to "
+                                       "another parameter, e.g. weights of an input that is always zero)"}
     return out
 
 
