@@ -191,6 +191,24 @@ def test_nested_results_folders_are_linked(tmp_path):
     assert 'href="./ood/report.html"' in page and 'href="./perturb/report.html"' in page
 
 
+def test_reports_below_skip_a_chunk_checkpoint_manifest(tmp_path):
+    """A study keeps an interrupted exact point's chunk checkpoint (its own manifest.json, not a
+    results folder's): the reports of the folders below are still written, the checkpoint skipped."""
+    from trainmap.report.html import write_reports
+    from trainmap.results import open_results
+
+    top = tmp_path / "study"
+    open_results(top, "new", kind="study", config={}).finish({"points": 1})
+    done = top / "points" / "a"
+    open_results(done, "new", kind="point", config={}).finish({"sigma_max": 2.0})
+    stale = top / "points" / "b" / "checkpoint"
+    stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text(json.dumps({"chunk": 128, "done": {}}))
+    write_reports(top, interactive=False)
+    assert (done / "report.html").exists() and (top / "report.html").exists()
+    assert not (stale / "report.html").exists()
+
+
 def test_a_jacobian_report_puts_the_run_beside_the_paper(tmp_path):
     from trainmap.jacobian.regions import region_summary, svd
 

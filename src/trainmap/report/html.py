@@ -30,7 +30,7 @@ import numpy as np
 
 from trainmap._io import atomic_write_bytes, load_npy, read_json
 from trainmap.report.papers import comparison_html
-from trainmap.results import MANIFEST, reopen
+from trainmap.results import MANIFEST, FolderError, reopen
 
 CAPTIONS_FILE = "captions.json"
 REPORT_FILE = "report.html"
@@ -408,6 +408,12 @@ def write_reports(run_dir: str | Path, **kwargs: Any) -> Path:
     sub_kwargs = {k: v for k, v in kwargs.items() if k != "title"}  # a title names the top report only
     for manifest in sorted(root.rglob(MANIFEST), key=lambda p: -len(p.parts)):
         sub = manifest.parent
-        if sub != root and reopen(sub).summary is not None:
+        if sub == root:
+            continue
+        try:
+            finished = reopen(sub).summary is not None
+        except FolderError:  # another file of that name: an exact run's chunk checkpoint, say
+            continue
+        if finished:
             write_report(sub, **sub_kwargs)
     return write_report(root, **kwargs)
