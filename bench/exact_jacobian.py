@@ -16,7 +16,8 @@ Each child reports the wall time and CPU time of the call that produces J (compi
 included), its peak resident memory (``VmHWM`` read right after J is ready, before the
 singular values are computed), and J's singular values (float64 SVD). The parent prints the
 ratios and the largest relative difference of the singular values, and writes
-``bench/results/exact_jacobian[_quick]_<tag>.json`` (tag: ``cpu`` by default) atomically.
+``bench/results/exact_jacobian[_quick][_skip_streamed]_<tag>.json`` (tag: ``cpu`` by default)
+atomically.
 
 Tangent FLOPs are counted analytically for the MLP (the useful work of one Hessian-vector product
 per direction per step; see ``tangent_flops``), identical for both methods.
@@ -262,8 +263,7 @@ def main() -> None:
     flops = tangent_flops([64, size["hidden"], 10], 64, P, T)
     result: dict = {
         "benchmark": "exact training Jacobian",
-        "command": "python bench/exact_jacobian.py" + (" --quick" if a.quick else "")
-                   + (f" --repeat {a.repeat}" if a.repeat > 1 else ""),
+        "command": " ".join(["python", "bench/exact_jacobian.py", *sys.argv[1:]]),
         "case": {"model": f"mlp 64-{size['hidden']}-10 gelu", "epochs": size["epochs"], "batch": 64,
                  "optimizer": "sgd momentum 0.9, cosine lr 0.1", "num_params": P, "num_steps": T,
                  "dtype": "float32"},
@@ -359,7 +359,9 @@ def main() -> None:
     fr = result["flop_rate"]["engine"]
     print(f"[bench] engine tangent FLOP rate {fr['gflops']:.1f} GFLOP/s = "
           f"{100 * fr['fraction_of_peak']:.0f}% of measured peak ({flops / 1e12:.2f} TFLOP counted)")
-    out = a.out or HERE / "results" / f"exact_jacobian{'_quick' if a.quick else ''}_{a.tag}.json"
+    # a run without the streamed engine does not overwrite the full benchmark's file
+    variant = ("_quick" if a.quick else "") + ("_skip_streamed" if a.skip_streamed else "")
+    out = a.out or HERE / "results" / f"exact_jacobian{variant}_{a.tag}.json"
     sys.path.insert(0, str(HERE.parent / "src"))
     from trainmap._io import atomic_write_json
 
