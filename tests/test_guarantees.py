@@ -250,6 +250,17 @@ def test_check_command_reports_an_edited_file(tmp_path):
     assert bad.exit_code == 1 and "thetaT.npy" in bad.output
 
 
+def test_check_command_passes_an_interrupted_run_and_its_chunk_checkpoint(tmp_path):
+    """The exact engine's chunk checkpoint keeps its own manifest.json: an interrupted, resumable
+    run is intact, not a broken results folder."""
+    recipe, theta0 = tiny_recipe()
+    with pytest.raises(KeyboardInterrupt):
+        analyze(recipe, theta0, tmp_path / "run", chunk_size=8, progress=False, stop_after=1)
+    assert (tmp_path / "run" / "checkpoint" / "manifest.json").exists()
+    res = runner.invoke(app, ["check", str(tmp_path / "run")])
+    assert res.exit_code == 0 and "1 folder(s)/store(s) checked: intact" in res.output, res.output
+
+
 # ----------------------------------------------------------------------------- signals
 CMD = [sys.executable, "-m", "trainmap.cli", "jacobian", "--hidden", "8", "--epochs", "2", "--chunk-size", "8"]
 

@@ -203,7 +203,8 @@ def test_reports_below_skip_a_chunk_checkpoint_manifest(tmp_path):
     open_results(done, "new", kind="point", config={}).finish({"sigma_max": 2.0})
     stale = top / "points" / "b" / "checkpoint"
     stale.mkdir(parents=True)
-    (stale / "manifest.json").write_text(json.dumps({"chunk": 128, "done": {}}))
+    (stale / "manifest.json").write_text(json.dumps(  # the chunk store's own format
+        {"fingerprint": "f", "num_params": 10, "chunk": 8, "dtype": "float32", "checksums": {}}))
     write_reports(top, interactive=False)
     assert (done / "report.html").exists() and (top / "report.html").exists()
     assert not (stale / "report.html").exists()

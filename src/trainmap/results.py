@@ -215,6 +215,24 @@ def _read_manifest(out: Path) -> dict | None:
     return man
 
 
+def results_folders(root: str | Path) -> list[Path]:
+    """``root`` and the folders below it that hold a results folder's ``manifest.json``, deepest first.
+
+    The exact engine's chunk checkpoint keeps a file of the same name (its keys ``fingerprint``
+    and ``checksums``); those are skipped, so an interrupted run is neither reported nor read as a
+    broken results folder. Any other manifest is kept, so that a damaged one is still found.
+    """
+    out = []
+    for p in sorted(Path(root).rglob(MANIFEST), key=lambda p: (-len(p.parts), p)):
+        try:
+            man = read_json(p)
+        except ValueError:
+            man = None
+        if not (isinstance(man, dict) and "files" not in man and {"fingerprint", "checksums"} <= set(man)):
+            out.append(p.parent)
+    return out
+
+
 def _foreign(out: Path, man: dict | None) -> list[str]:
     """Entries of ``out`` that trainmap did not write there."""
     known = {MANIFEST, *(man or {}).get("files", {}), *(man or {}).get("dirs", [])}

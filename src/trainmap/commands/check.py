@@ -12,15 +12,15 @@ def check_command(
 ) -> None:
     """Check every file trainmap wrote against its checksum; exit code 1 when something differs."""
     from trainmap.record.store import verify_store
-    from trainmap.results import MANIFEST, FolderError, verify
+    from trainmap.results import FolderError, results_folders, verify
 
     if not folder.is_dir():
         typer.secho(f"error: {folder} is not a folder", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     problems, checked = [], 0
-    for manifest in sorted(folder.rglob(MANIFEST)):
+    for sub in sorted(results_folders(folder)):
         try:
-            problems += verify(manifest.parent)
+            problems += verify(sub)
             checked += 1
         except (FolderError, ValueError) as exc:
             problems.append(str(exc))

@@ -30,7 +30,7 @@ import numpy as np
 
 from trainmap._io import atomic_write_bytes, load_npy, read_json
 from trainmap.report.papers import comparison_html
-from trainmap.results import MANIFEST, FolderError, reopen
+from trainmap.results import MANIFEST, reopen, results_folders
 
 CAPTIONS_FILE = "captions.json"
 REPORT_FILE = "report.html"
@@ -406,14 +406,7 @@ def write_reports(run_dir: str | Path, **kwargs: Any) -> Path:
     if kwargs.get("plotly") == "shared":
         kwargs.setdefault("plotly_root", root)
     sub_kwargs = {k: v for k, v in kwargs.items() if k != "title"}  # a title names the top report only
-    for manifest in sorted(root.rglob(MANIFEST), key=lambda p: -len(p.parts)):
-        sub = manifest.parent
-        if sub == root:
-            continue
-        try:
-            finished = reopen(sub).summary is not None
-        except FolderError:  # another file of that name: an exact run's chunk checkpoint, say
-            continue
-        if finished:
+    for sub in results_folders(root):
+        if sub != root and reopen(sub).summary is not None:
             write_report(sub, **sub_kwargs)
     return write_report(root, **kwargs)
