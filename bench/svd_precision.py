@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=HERE / "results" / "svd_precision.json")
     args = ap.parse_args(argv)
     from trainmap._io import atomic_write_bytes
-    from trainmap.jacobian.regions import classify, decoupled, svd
+    from trainmap.jacobian.regions import classify, svd
 
     J = np.load(args.jacobian)
     if J.dtype != np.float32:
@@ -52,23 +52,22 @@ def main(argv=None) -> dict:
     whole = scipy.linalg.svd(J.T, lapack_driver="gesdd", check_finite=False)[1]
     t_whole = time.perf_counter() - t
     t = time.perf_counter()
-    mine = svd(J).S
+    dec = svd(J)
     t_mine = time.perf_counter() - t
     counts = np.bincount(classify(ref), minlength=3)
+
+    def route(S: np.ndarray, wall_s: float) -> dict:
+        return {**errors(S, ref), "wall_s": wall_s,
+                "counts_equal": bool(np.array_equal(np.bincount(classify(S), minlength=3), counts))}
+
     eps = float(np.finfo(np.float32).eps)
     result = {
         "benchmark": "float32 SVD of J against float64", "command": "python bench/svd_precision.py",
-        "num_params": int(J.shape[0]), "decoupled": int(decoupled(J).size),
+        "num_params": int(J.shape[0]), "decoupled": dec.decoupled,
         "sigma_max": float(ref[0]), "values_below": {f"{f:g}": int((ref < f).sum()) for f in FLOORS},
         "float32_bound_eps_sigma_max_over_sigma": {f"{f:g}": eps * float(ref[0]) / f for f in FLOORS},
-        "routes": {
-            "gesdd on the whole J^T": {**errors(whole, ref), "wall_s": t_whole,
-                                       "counts_equal": bool(np.array_equal(np.bincount(classify(whole), minlength=3),
-                                                                           counts))},
-            "trainmap (decoupled split, gesdd on the block)": {
-                **errors(mine, ref), "wall_s": t_mine,
-                "counts_equal": bool(np.array_equal(np.bincount(classify(mine), minlength=3), counts))},
-        },
+        "routes": {"gesdd on the whole J^T": route(whole, t_whole),
+                   "trainmap (decoupled split, gesdd on the block)": route(dec.S, t_mine)},
         "float64_wall_s": t64,
     }
     for name, r in result["routes"].items():

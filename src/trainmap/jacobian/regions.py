@@ -127,11 +127,13 @@ def _row_slabs(J: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     rows, row_bytes = J.shape[0], max(J.shape[1] * J.itemsize, 1)
     step = max(1, SLAB_BYTES // row_bytes)
     mm = getattr(J, "_mmap", None) if isinstance(J, np.memmap) else None
+    if not (hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")):
+        mm = None
+    base = J.offset % mmap.ALLOCATIONGRANULARITY if mm is not None else 0  # where row 0 starts in the mapping
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         yield r0, np.asarray(J[r0:r1])
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            base = J.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 starts in the mapping
+        if mm is not None:
             a = (base + r0 * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
             try:
                 mm.madvise(mmap.MADV_DONTNEED, a, base + r1 * row_bytes - a)

@@ -390,13 +390,13 @@ def _hvp(aux: dict, dlayers: list[dict]) -> list[dict]:
 
 def _to_feature_major(layers: list[dict]) -> list[dict]:
     """Canonical layers with leading K, ``w`` (K, d_in, d_out), ``b`` (K, d_out) -> :func:`_hvp`'s layout."""
-    return [{"w": jnp.transpose(layer["w"], (2, 0, 1) if i == 0 else (1, 0, 2)), "b": layer["b"].T}
+    return [{"w": _Leaf(2, i == 0).to_chunk(layer["w"]), "b": _Leaf(1).to_chunk(layer["b"])}
             for i, layer in enumerate(layers)]
 
 
 def _from_feature_major(layers: list[dict]) -> list[dict]:
     """The inverse of :func:`_to_feature_major`."""
-    return [{"w": jnp.transpose(layer["w"], (1, 2, 0) if i == 0 else (1, 0, 2)), "b": layer["b"].T}
+    return [{"w": _Leaf(2, i == 0).from_chunk(layer["w"]), "b": _Leaf(1).from_chunk(layer["b"])}
             for i, layer in enumerate(layers)]
 
 
@@ -516,24 +516,25 @@ class _Leaf:
     flip: bool = False
 
     @property
+    def perm(self) -> tuple[int, ...]:
+        """Axis order of the chunk layout, from (K, *shape)."""
+        if self.ndim == 1:
+            return (1, 0)
+        if self.ndim == 2:
+            return (2, 0, 1) if self.flip else (1, 0, 2)
+        return tuple(range(self.ndim + 1))
+
+    @property
     def k_axis(self) -> int:
-        return 1 if self.ndim in (1, 2) else 0
+        return self.perm.index(0)
 
     def to_chunk(self, a: jax.Array) -> jax.Array:
         """(K, *shape) -> the chunk layout."""
-        if self.ndim == 1:
-            return a.T
-        if self.ndim == 2:
-            return jnp.transpose(a, (2, 0, 1) if self.flip else (1, 0, 2))
-        return a
+        return jnp.transpose(a, self.perm)
 
     def from_chunk(self, a: jax.Array) -> jax.Array:
         """The inverse of :meth:`to_chunk`."""
-        if self.ndim == 1:
-            return a.T
-        if self.ndim == 2:
-            return jnp.transpose(a, (1, 2, 0) if self.flip else (1, 0, 2))
-        return a
+        return jnp.transpose(a, tuple(int(i) for i in np.argsort(self.perm)))
 
     def slice_to_stored(self, a: jax.Array) -> jax.Array:
         """One direction's slice (K axis removed) -> its stored orientation (its own inverse)."""
@@ -577,6 +578,9 @@ def forward_columns(mp: MLPPrimal, k: int) -> Callable[[list, jax.Array], jax.Ar
     p_axes, s_axes = [s.k_axis for s in pl], [s.k_axis for s in sl]
     wb = [(w, b) for w, b, _ in mp.view.layers]
 
+    def stored_form(layouts: list[_Leaf], leaves: list) -> list:
+        return [s.slice_to_stored(a) for s, a in zip(layouts, leaves)]
+
     def columns(args: list, start: jax.Array) -> jax.Array:
         x, res = args[0], args[1:]
         onehot = jax.nn.one_hot(start + jnp.arange(k), P, dtype=mp.dtype)
@@ -592,9 +596,6 @@ def forward_columns(mp: MLPPrimal, k: int) -> Callable[[list, jax.Array], jax.Ar
                 dg[w], dg[b] = g["w"], g["b"]
 
             def one(g: list, f: list, p: list) -> tuple[list, list]:
-                def stored_form(layouts: list[_Leaf], leaves: list) -> list:
-                    return [s.slice_to_stored(a) for s, a in zip(layouts, leaves)]
-
                 p2, f2 = lin_update(ptree.unflatten(stored_form(pl, g)), stored_form(sl, f),
                                     ptree.unflatten(stored_form(pl, p)))
                 return stored_form(pl, jax.tree_util.tree_leaves(p2)), stored_form(sl, list(f2))
