@@ -117,11 +117,12 @@ def test_cli_choices_equal_their_sources_and_start_up_imports_no_jax():
     from trainmap.commands import jacobian as cmd
     from trainmap.data.digits import SPLITS
     from trainmap.jacobian.exact.plan import MODES, PRIMALS
+    from trainmap.jacobian.matrix_free.pipeline import BASES
     from trainmap.models.mlp import INITS
     from trainmap.optimizers import OPTIMIZERS
 
     for enum, source in ((cmd.Optimizer, OPTIMIZERS), (cmd.Init, INITS), (cmd.Split, SPLITS),
-                         (cmd.Mode, MODES), (cmd.Primal, PRIMALS)):
+                         (cmd.Mode, MODES), (cmd.Primal, PRIMALS), (cmd.Basis, BASES)):
         assert {e.value for e in enum} == set(source), enum
     run = subprocess.run([sys.executable, "-c", "import sys, trainmap.cli; print('jax' in sys.modules)"],
                          capture_output=True, text=True)

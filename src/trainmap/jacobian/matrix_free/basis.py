@@ -11,7 +11,11 @@ dtype, without converting a block to another precision:
   maps one block at a time during a sweep, so the resident memory of the basis is one block,
   however long the run. The files are written atomically; their checksums are verified when a
   run resumes (:class:`~trainmap.jacobian.matrix_free.pipeline.LanczosCheckpoint`), not on every
-  sweep, since the run itself wrote them.
+  sweep, since the run itself wrote them;
+* :class:`WindowBlocks` keeps only the last few blocks: a run that needs no Ritz vectors (SLQ
+  counts) then orthogonalises each new block against its neighbours only, at a memory of a few
+  blocks for any number of steps, and loses global orthogonality (reported by
+  :func:`~trainmap.jacobian.matrix_free.lanczos.orthogonality_loss`).
 """
 
 from __future__ import annotations
@@ -127,6 +131,57 @@ class DiskBlocks:
             del block  # unmap before the next one: resident memory stays one block
 
 
+class WindowBlocks:
+    """Only the last ``keep`` blocks, in memory; the earlier ones are forgotten.
+
+    ``len`` and ``rows`` count every block appended, so coefficient arrays keep their place in
+    the projected matrix (zero against the forgotten blocks, as in exact arithmetic); a sweep
+    covers the kept blocks only, and reading a forgotten block raises ``IndexError``.
+
+    Args:
+        keep: blocks kept (2 is what the block three-term recurrence reads; 0 keeps none).
+        count: blocks already appended before ``blocks`` (a resumed run).
+        blocks: the last blocks of a resumed run, oldest first (at most ``keep``).
+    """
+
+    def __init__(self, keep: int = 2, count: int = 0, blocks: list | None = None) -> None:
+        self.keep = int(keep)
+        self._kept: list[np.ndarray] = [np.asarray(b) for b in (blocks or [])][-self.keep:] if self.keep else []
+        self._n = int(count) + len(blocks or [])
+        self._b = int(self._kept[0].shape[0]) if self._kept else 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def rows(self) -> int:
+        return self._n * self._b
+
+    @property
+    def first_kept(self) -> int:
+        """Index of the oldest block still held."""
+        return self._n - len(self._kept)
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if self._b and block.shape[0] != self._b:
+            raise ValueError(f"blocks must all have {self._b} rows, got {block.shape[0]}")
+        self._b = block.shape[0]
+        self._n += 1
+        if self.keep:
+            self._kept = [*self._kept, block][-self.keep:]
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        j = _index(j, self._n)
+        if j < self.first_kept:
+            raise IndexError(f"block {j} was not stored (the run keeps its last {self.keep} blocks only)")
+        return self._kept[j - self.first_kept]
+
+    def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
+        for i, block in enumerate(self._kept):
+            yield (self.first_kept + i) * self._b, block
+
+
 def _index(j: int, n: int) -> int:
     if not -n <= j < n:
         raise IndexError(f"block {j} of {n}")
@@ -152,7 +207,8 @@ def project_out(W: np.ndarray, basis: BlockStore, local: int = 2) -> np.ndarray:
     first removed a large part of a row (some row norm fell below 1/√2 of its value before the
     sweep: Kahan and Parlett's "twice is enough" test). Each sweep is one matrix product per row
     group in the basis dtype: in memory the whole basis is one group, on disk each block file is,
-    so a sweep reads every block once.
+    so a sweep reads every block once. A :class:`WindowBlocks` basis is swept twice (it holds
+    only the neighbours).
 
     Returns:
         (n, b) float64 coefficients ``Q Wᵀ`` summed over all projections (n basis rows), i.e. the
@@ -160,6 +216,10 @@ def project_out(W: np.ndarray, basis: BlockStore, local: int = 2) -> np.ndarray:
     """
     total = np.zeros((basis.rows, W.shape[0]))
     n = len(basis)
+    if isinstance(basis, WindowBlocks):  # only the neighbours exist: twice against them
+        for _ in range(2):
+            _sweep(W, basis, total)
+        return total
     for _ in range(2):
         for j in range(max(n - local, 0), n):
             G = basis[j]

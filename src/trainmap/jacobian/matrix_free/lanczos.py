@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from trainmap.jacobian.matrix_free.basis import BlockStore, MemoryBlocks, combine, project_out
+from trainmap.jacobian.matrix_free.basis import BlockStore, MemoryBlocks, WindowBlocks, combine, project_out
 
 # apply(X: (b, P)) -> (A X: (b, P), side: (b, P) or None); ``side`` (J X) is kept for left vectors
 BlockOperator = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
@@ -199,6 +199,28 @@ def ritz(state: BlockLanczosState, shift: float = -1.0) -> RitzPairs:
     return RitzPairs(theta + shift, S, res)
 
 
+def orthogonality_loss(state: BlockLanczosState) -> float:
+    """Paige's first-order estimate of the basis's loss of orthogonality, max |q_iᵀ q_j| (i ≠ j).
+
+    For a run that orthogonalises each block against its neighbours only
+    (:class:`~trainmap.jacobian.matrix_free.basis.WindowBlocks`), rounding errors are amplified
+    along the Ritz vectors that have converged: the next block's component along the Ritz vector
+    y_i is about ε‖A‖ / r_i (Paige 1980; r_i = ‖A y_i − θ_i y_i‖, ε the basis dtype's machine
+    epsilon, ‖A‖ ≈ the largest Ritz value). The estimate is the largest of these, clipped to
+    [ε, 1]; 1 means some Ritz value has converged to working precision and the basis has lost
+    orthogonality along it (its copies then reappear as repeated Ritz values, while Gauss
+    quadrature stays a quadrature of the same spectral measure). A fully reorthogonalised run
+    stays near ε whatever this says.
+    """
+    if not state.steps:
+        return 0.0
+    pairs = ritz(state, shift=0.0)
+    eps = float(np.finfo(state.blocks[-1].dtype if len(state.blocks) else np.float64).eps)
+    norm = float(np.abs(pairs.values).max())
+    est = eps * norm / np.maximum(pairs.residuals, 1e-300)
+    return float(np.clip(est.max(), eps, 1.0))
+
+
 def ritz_vectors(state: BlockLanczosState, coords: np.ndarray, side: bool = False) -> np.ndarray:
     """Rows Y = sᵀ Q (n, P), in the basis dtype, for coordinate columns ``coords`` (m·b, n); J Q instead if ``side``."""
     blocks = state.side if side else state.blocks
@@ -217,6 +239,7 @@ class ExtremeTriplets:
         U: (k, P) left singular vectors u_i = J v_i / σ_i as rows, or None.
         residuals: (k,) ‖JᵀJ v − σ² v‖ per pair.
         rel_residuals: (k,) residual / max(σ², 1).
+        repeats: Ritz values skipped as repeats of a reported one (``distinct``; else 0).
     """
 
     sigma: np.ndarray
@@ -224,10 +247,23 @@ class ExtremeTriplets:
     U: np.ndarray | None
     residuals: np.ndarray
     rel_residuals: np.ndarray
+    repeats: int = 0
+
+
+def _distinct(values: np.ndarray, residuals: np.ndarray, order: np.ndarray, floor: float) -> np.ndarray:
+    """The indices in ``order`` whose Ritz value does not repeat an earlier kept one:
+    |θ_i − θ_j| ≤ r_i + r_j + floor (the residual intervals overlap, widened by the attainable
+    accuracy ``floor``), as the copies of a converged Ritz value that a run without global
+    reorthogonalisation produces."""
+    kept: list[int] = []
+    for i in order:
+        if not any(abs(values[i] - values[j]) <= residuals[i] + residuals[j] + floor for j in kept):
+            kept.append(int(i))
+    return np.asarray(kept, dtype=int)
 
 
 def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
-                     vectors: bool = True) -> ExtremeTriplets:
+                     vectors: bool = True, distinct: bool = False) -> ExtremeTriplets:
     """The k largest (``end="top"``) or smallest (``"bottom"``) singular triplets found so far.
 
     Args:
@@ -235,6 +271,10 @@ def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
         k: number of triplets (at most m·b).
         end: "top" (chaotic end) or "bottom" (stable end).
         vectors: also form V (and U when the run kept J Q).
+        distinct: skip Ritz values that repeat a larger reported one within their residuals
+            (for a run without a stored basis, whose converged Ritz values come back as copies;
+            a genuinely repeated σ is then reported once). Values closer than the basis dtype's
+            attainable accuracy, 10·ε·‖A‖, count as repeats too. The number skipped is ``repeats``.
     """
     if end not in ("top", "bottom"):
         raise ValueError(f"end must be 'top' or 'bottom', got {end!r}")
@@ -243,7 +283,17 @@ def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
     if k > n:
         raise ValueError(f"asked for {k} triplets but the Krylov space has dimension {n}; "
                          "run more steps or use a larger block")
-    idx = np.arange(k) if end == "top" else np.arange(n - 1, n - 1 - k, -1)
+    order = np.arange(n) if end == "top" else np.arange(n - 1, -1, -1)
+    if distinct:
+        eps = float(np.finfo(state.next_block.dtype if state.next_block is not None else np.float64).eps)
+        floor = 10.0 * eps * float(np.abs(pairs.values + 1.0).max())
+        idx = _distinct(pairs.values, pairs.residuals, order, floor)
+    else:
+        idx = order
+    if idx.size < k:
+        raise ValueError(f"asked for {k} distinct triplets but the run has {idx.size}; run more steps")
+    repeats = int(np.flatnonzero(order == idx[k - 1])[0]) + 1 - k  # skipped before the k-th kept
+    idx = idx[:k]
     sigma = pairs.sigma[idx]
     res = pairs.residuals[idx]
     lam = pairs.values[idx] + 1.0
@@ -253,11 +303,11 @@ def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
         if state.side:
             U = ritz_vectors(state, pairs.coords[:, idx], side=True) / np.maximum(sigma, 1e-30)[:, None]
     return ExtremeTriplets(sigma, V if V is not None else np.zeros((0, 0)), U, res,
-                           res / np.maximum(np.abs(lam), 1.0))
+                           res / np.maximum(np.abs(lam), 1.0), repeats)
 
 
 def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: int = 0,
-                  progress: Callable[[], None] | None = None) -> BlockLanczosState:
+                  progress: Callable[[], None] | None = None, keep_basis: bool = True) -> BlockLanczosState:
     """Run ``steps`` block steps from ``probes`` (b, P) in memory (see :mod:`scale` for checkpoints).
 
     Args:
@@ -266,6 +316,9 @@ def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: in
         steps: number of block steps m (m·b ≤ P).
         seed: seed of replacement vectors for an exhausted Krylov space.
         progress: called once per finished step.
+        keep_basis: False keeps only the last two blocks (and no J Q), orthogonalising each new
+            block against them alone (:class:`~trainmap.jacobian.matrix_free.basis.WindowBlocks`;
+            see :func:`orthogonality_loss`); the projected matrix and the quadrature remain.
 
     Returns:
         The :class:`BlockLanczosState`.
@@ -275,9 +328,10 @@ def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: in
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps * b > P:
         raise ValueError(f"steps·block = {steps * b} exceeds the dimension P = {P}; use fewer steps")
-    state = BlockLanczosState.start(probes)
+    state = BlockLanczosState.start(probes, blocks=None if keep_basis else WindowBlocks(2))
+    step_apply = apply if keep_basis else (lambda X: (apply(X)[0], None))
     for _ in range(steps):
-        block_lanczos_step(state, apply, seed)
+        block_lanczos_step(state, step_apply, seed)
         if progress is not None:
             progress()
     return state

@@ -46,9 +46,15 @@ from trainmap._progress import _reset_peak_rss, peak_rss_mib
 from trainmap._progress import progress as _progress
 from trainmap.jacobian.exact.checkpoint import CheckpointError, fingerprint
 from trainmap.jacobian.exact.checkpoint import array_sha256 as _sha
-from trainmap.jacobian.matrix_free.basis import DiskBlocks, MemoryBlocks
+from trainmap.jacobian.matrix_free.basis import DiskBlocks, MemoryBlocks, WindowBlocks
 from trainmap.jacobian.matrix_free.distributed import ProductDriver, handshake, serve_products
-from trainmap.jacobian.matrix_free.lanczos import BlockLanczosState, block_lanczos_step, extreme_triplets, rademacher
+from trainmap.jacobian.matrix_free.lanczos import (
+    BlockLanczosState,
+    block_lanczos_step,
+    extreme_triplets,
+    orthogonality_loss,
+    rademacher,
+)
 from trainmap.jacobian.matrix_free.operator import TrainingOperator
 from trainmap.jacobian.matrix_free.slq import quadrature, region_counts, spectral_density
 from trainmap.jacobian.precision import check_dtype, precision_context
@@ -57,6 +63,8 @@ from trainmap.protocol import TrainingMap, is_traceable
 from trainmap.results import mode_of, open_results
 
 METHODS = ("lanczos", "slq")
+BASES = ("auto", "memory", "disk", "none")
+WINDOW = 2  # blocks a run without a stored basis keeps (the block three-term recurrence's)
 CONVERGED_RTOL = 1e-3  # a Ritz pair counts as converged when ‖JᵀJv − σ²v‖ / max(σ², 1) < this
 
 CAPTIONS = {
@@ -92,11 +100,13 @@ class LanczosCheckpoint:
     last, with the SHA-256 of every array), so a killed run loses at most the step in flight and
     an edited file is refused on resume. The ``Q`` and ``side`` files are also the on-disk Krylov
     basis (:class:`~trainmap.jacobian.matrix_free.basis.DiskBlocks`) when it does not fit the
-    memory budget.
+    memory budget. With ``window`` (a run that does not store its basis,
+    :class:`~trainmap.jacobian.matrix_free.basis.WindowBlocks`) only the last ``window`` blocks and
+    the next one stay on disk: older ``Q`` files are deleted as the run goes.
     """
 
-    def __init__(self, folder: Path, key: str) -> None:
-        self.folder, self.key = folder, key
+    def __init__(self, folder: Path, key: str, window: int | None = None) -> None:
+        self.folder, self.key, self.window = folder, key, window
         self._sums: dict[str, str] = {}
 
     def _progress_path(self) -> Path:
@@ -114,7 +124,9 @@ class LanczosCheckpoint:
         """
         b = probes.shape[0]
         stores: dict[str, Any] = {"blocks": MemoryBlocks(capacity), "side": MemoryBlocks(capacity)}
-        if on_disk:
+        if self.window is not None:
+            stores = {"blocks": WindowBlocks(self.window)}
+        elif on_disk:
             stores = {"blocks": DiskBlocks(self.folder, "Q", b), "side": DiskBlocks(self.folder, "side", b)}
         fresh = not resume or not self._progress_path().exists()
         if fresh:
@@ -134,9 +146,16 @@ class LanczosCheckpoint:
         self._sums = dict(prog.get("checksums", {}))
         steps = int(prog["steps"])
         self._drop_unfinished(steps)
-        if "Q_0000.npy" not in self._sums:  # written by an earlier version: Q_0 is the probes' QR
+        if self.window is None and "Q_0000.npy" not in self._sums:  # written by an earlier version: Q_0 is the probes' QR
             self._write("Q_0000.npy", state.next_block)  # type: ignore[arg-type]
+        if self.window is not None:
+            first = max(steps - self.window, 0)
+            state.blocks = WindowBlocks(self.window, count=first, blocks=[
+                self._read(self.folder / f"Q_{j:04d}.npy") for j in range(first, steps)])
         for j in range(steps):
+            if self.window is not None:
+                state.coeffs.append(self._read(self.folder / f"coeff_{j:04d}.npy"))
+                continue
             state.blocks.append(self._read(self.folder / f"Q_{j:04d}.npy"))
             side = self.folder / f"side_{j:04d}.npy"
             if side.exists():
@@ -179,6 +198,11 @@ class LanczosCheckpoint:
         self._write(f"R_{j + 1:04d}.npy", state.next_R)  # type: ignore[arg-type]
         atomic_write_json(self._progress_path(), {"key": self.key, "steps": state.steps,
                                                   "compute_s": compute_s, "checksums": self._sums})
+        if self.window is not None:  # after the progress file: a resumed run never needs these
+            for i in range(j + 1 - self.window):
+                for name in (f"Q_{i:04d}.npy", f"R_{i:04d}.npy"):
+                    self._sums.pop(name, None)
+                    (self.folder / name).unlink(missing_ok=True)
 
     def on_disk(self, state: BlockLanczosState) -> BlockLanczosState:
         """The same state with its basis read from this folder's files instead of memory."""
@@ -244,7 +268,14 @@ def analyze_scale(
             basis still to come plus the read-off fits, and moves to disk (the checkpoint files)
             when it would not; a run whose products alone exceed the budget stops with an error
             after saving its steps (``--resume`` with a larger budget continues).
-        basis: ``"auto"`` (as above), ``"memory"`` or ``"disk"`` (from the first step).
+        basis: ``"auto"`` (as above), ``"memory"``, ``"disk"`` (from the first step), or ``"none"``
+            (``method="slq"`` only): do not store the basis at all. Each block is orthogonalised
+            against its two neighbours only, so memory and disk hold three blocks for any number
+            of steps; the counts stay Gauss quadratures of the same spectral measure, but the basis
+            loses orthogonality along converged Ritz vectors. The summary reports Paige's estimate
+            of that loss (:func:`~trainmap.jacobian.matrix_free.lanczos.orthogonality_loss`) and
+            the repeated Ritz values it causes, which are dropped from the top list; no singular
+            vectors are written.
         config: extra JSON-able settings recorded in config.json.
 
     Returns:
@@ -256,6 +287,10 @@ def analyze_scale(
         raise ValueError(f"unknown method {method!r}; use one of {METHODS} (or 'exact' via analyze)")
     if rank < 1 or probes < 1:
         raise ValueError(f"rank and probes must be >= 1, got rank={rank}, probes={probes}")
+    if basis == "none" and method != "slq":
+        raise ValueError("basis='none' (no stored Krylov basis) serves the slq counts only; the lanczos method's "
+                         "stable-end triplets need the basis: use --basis auto, memory or disk")
+    stored = basis != "none"
     t_start = time.perf_counter()
     dt = check_dtype(dtype)
     P = recipe.num_params
@@ -278,8 +313,8 @@ def analyze_scale(
     # ------------------------------------------------------------------ block Lanczos
     op = TrainingOperator(recipe, th0_np, dtype=dt, segment=segment, devices=devices)
     V0 = rademacher(probes, P, seed, dt)
-    key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}"
-    ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key)
+    key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}" + ("" if stored else "|basis=none")
+    ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key, window=None if stored else WINDOW)
     memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2))
     memory.check_start(m)  # a basis that cannot fit (e.g. a resumed long run) is never loaded into memory
     state, spent = ckpt.load(V0, folder.resumed, on_disk=memory.on_disk, capacity=m)
@@ -295,6 +330,7 @@ def analyze_scale(
             handshake(key)
         driver = ProductDriver(op.block_operator(), dt)
     apply = timed(driver or op.block_operator())
+    step_apply = apply if stored else (lambda X: (apply(X)[0], None))  # J Q is not kept either
     with _progress(progress, max(m - state.steps, 0),
                    f"block Lanczos on JᵀJ ({P:,} params, {probes} probes)") as advance, \
             _released(driver), precision_context(dt):
@@ -305,7 +341,7 @@ def analyze_scale(
             if stop_after is not None and new >= stop_after:
                 raise KeyboardInterrupt(f"stopped after {new} block steps (stop_after)")
             t0 = time.perf_counter()
-            block_lanczos_step(state, apply, seed)
+            block_lanczos_step(state, step_apply, seed)
             ckpt.save_step(state, spent + time.perf_counter() - t0)
             spent += time.perf_counter() - t0
             new += 1
@@ -318,7 +354,7 @@ def analyze_scale(
     # ------------------------------------------------------------------ read-off
     n = state.steps * probes
     k = min(rank, n)
-    top = extreme_triplets(state, k, "top", vectors=True)
+    top = extreme_triplets(state, k, "top", vectors=stored, distinct=not stored)
     q = quadrature(state)
     counts = region_counts(q, thresholds)
     grid = np.linspace(np.log10(max(float(np.sqrt(max(q.nodes.min(), 0))), 1e-6)) - 0.3,
@@ -326,8 +362,9 @@ def analyze_scale(
     dens = spectral_density(q, grid)
     per_probe = np.stack([spectral_density(_single(q, j), grid) for j in range(q.num_probes)])
     arrays = {"slq_nodes": q.nodes, "slq_weights": q.weights, "density_grid": grid, "density": dens,
-              "density_per_probe": per_probe, "top_sigma": top.sigma, "top_V": top.V,
-              "top_residuals": top.residuals}
+              "density_per_probe": per_probe, "top_sigma": top.sigma, "top_residuals": top.residuals}
+    if stored:
+        arrays["top_V"] = top.V
     if top.U is not None:
         arrays["top_U"] = top.U
     bottom = None
@@ -364,6 +401,10 @@ def analyze_scale(
                           "bookkeeping_s": bookkeeping_s,
                           "bookkeeping_fraction_of_products": bookkeeping_s / apply.seconds if apply.seconds else None,
                           "basis": memory.describe()}
+    if not stored:
+        summary["lanczos"]["orthogonality"] = {
+            "basis_stored": False, "paige_estimate": orthogonality_loss(state),
+            "repeated_ritz_values_dropped": top.repeats}
     summary["metrics"] = metrics
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
     summary["wall_time_s"] = {"train_check": t_train - t_start, "lanczos": t_lanczos - t_train,
@@ -372,6 +413,13 @@ def analyze_scale(
     summary["peak_memory_mb"] = memory.peak_mb()
     summary["memory_budget_mb"] = memory.budget / 2**20
     summary["warnings"] = _warnings(summary, top, bottom, budget_hit)
+    if not stored:
+        o = summary["lanczos"]["orthogonality"]
+        summary["warnings"].append(
+            f"the Krylov basis was not stored (--basis none): its estimated loss of orthogonality is "
+            f"{o['paige_estimate']:.1e} (Paige), and {o['repeated_ritz_values_dropped']} repeated Ritz values "
+            "were dropped from the top list; the counts remain quadratures of the same spectral measure, "
+            "no singular vectors are written")
     if not keep_checkpoint:
         shutil.rmtree(folder.path / "checkpoint", ignore_errors=True)
     return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
@@ -433,15 +481,15 @@ class MemoryBudget:
 
     Args:
         memory_gb: the budget (GiB) for the process's peak resident memory; None: 80% of the machine.
-        basis: "auto", "memory" or "disk".
+        basis: "auto", "memory", "disk" or "none" (never stored: nothing moves).
         row_bytes: bytes of one basis row (P · itemsize).
         block: rows per block (the probes).
         readoff_rows: rows the read-off holds at once (Ritz vectors V and U at each end).
     """
 
     def __init__(self, memory_gb: float | None, basis: str, row_bytes: int, block: int, readoff_rows: int) -> None:
-        if basis not in ("auto", "memory", "disk"):
-            raise ValueError(f"basis must be 'auto', 'memory' or 'disk', got {basis!r}")
+        if basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
         if memory_gb is not None and memory_gb <= 0:
             raise ValueError(f"memory_gb must be > 0, got {memory_gb}")
         self.budget = int(memory_gb * 2**30) if memory_gb is not None else int(0.8 * _machine_memory_bytes())
@@ -476,6 +524,8 @@ class MemoryBudget:
         peak = self._peak(peak_bytes)
         if not self.on_disk:
             to_come = 2 * (total_steps - steps) * self.block * self.row_bytes  # Q_j and J Q_j
+            if self.mode == "none":
+                to_come = 0
             if self.mode == "auto" and peak + to_come + self.readoff > self.budget:
                 self.on_disk, self.moved_at = True, steps
                 self._before_move = self.peak_mb()
