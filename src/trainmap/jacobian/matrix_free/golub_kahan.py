@@ -22,16 +22,23 @@ from typing import Any, Callable
 
 import numpy as np
 
+from trainmap.jacobian.matrix_free.basis import MemoryBlocks, project_out
+
 # matvec(v (P,)) -> J v (P,);  rmatvec(u (P,)) -> Jᵀ u (P,)
 Vector = Callable[[np.ndarray], np.ndarray]
 
 
 def _reorth(w: np.ndarray, basis: list[np.ndarray]) -> np.ndarray:
-    if basis:
-        Q = np.stack(basis)
-        for _ in range(2):
-            w = w - Q.T @ (Q @ w)
-    return w
+    """w (P,) with its components along the orthonormal ``basis`` vectors removed (the block
+    Lanczos routine, :func:`~trainmap.jacobian.matrix_free.basis.project_out`, on one row)."""
+    if not basis:
+        return w
+    store = MemoryBlocks(len(basis))
+    for q in basis:
+        store.append(q[None])
+    W = np.array(w, dtype=np.float64)[None]
+    project_out(W, store)
+    return W[0]
 
 
 @dataclass
