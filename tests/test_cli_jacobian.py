@@ -127,3 +127,20 @@ def test_cli_choices_equal_their_sources_and_start_up_imports_no_jax():
     run = subprocess.run([sys.executable, "-c", "import sys, trainmap.cli; print('jax' in sys.modules)"],
                          capture_output=True, text=True)
     assert run.stdout.strip() == "False", run.stderr
+
+
+def test_cli_without_vectors_writes_the_same_spectrum_and_no_vectors(tmp_path, small_run):
+    from trainmap.jacobian import load_svd
+
+    out = tmp_path / "nov"
+    res = runner.invoke(app, [*SMALL, "--no-save-vectors", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert not (out / "svd_U.npy").exists() and not (out / "svd_Vt.npy").exists()
+    for name in ("singular_values.npy", "regions.npy", "cos_uv.npy", "delta_proj.npy", "jacobian.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(small_run / name))
+    assert json.loads((out / "config.json").read_text())["save_vectors"] is False
+    assert "save_vectors" not in json.loads((small_run / "config.json").read_text())  # default: unchanged
+    with pytest.raises(ValueError, match="no-save-vectors"):
+        load_svd(out)
+    res = runner.invoke(app, [*SMALL, "--method", "slq", "--no-save-vectors", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--save-vectors are not read by --method slq" in res.output

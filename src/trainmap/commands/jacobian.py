@@ -79,6 +79,9 @@ def jacobian(
     primal: Primal = typer.Option(Primal.auto, help="exact: shared (train once, store every step's "
                                   "linearisation), per_chunk (recompute training per chunk) or auto."),
     out: Path = typer.Option(Path("results/jacobian"), help="Results folder."),
+    save_vectors: bool = typer.Option(True, "--save-vectors/--no-save-vectors", help="exact: write the singular "
+                                      "vectors svd_U.npy and svd_Vt.npy (2 P² floats; cos(u, v) and the "
+                                      "change's projection are written either way)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     overwrite: bool = typer.Option(False, help="Replace a previous results folder at --out."),
     method: Method = typer.Option(Method.exact, help="exact (full J and SVD), or matrix-free: lanczos "
@@ -153,7 +156,7 @@ def jacobian(
         dtype=dtype.value, thresholds=Thresholds.symmetric(bulk_tol), bulk_tolerances=tols,
         chunk_size=chunk_size or None,
         memory_budget_gb=exact_memory_gb, resume=resume, overwrite=overwrite, mode=mode.value,
-        primal=primal.value, config=run.source and {"recipe_source": run.source}))
+        primal=primal.value, config=run.source and {"recipe_source": run.source}, save_vectors=save_vectors))
     _write_report(out)
     _print_summary(summary, out)
 
@@ -182,7 +185,7 @@ def _user_run(ctx: typer.Context, spec: str, args: Optional[List[str]]) -> Any:
 
 
 #: options that only one family of methods reads
-EXACT_ONLY = ("chunk_size", "mode", "primal")
+EXACT_ONLY = ("chunk_size", "mode", "primal", "save_vectors")
 MATRIX_FREE_ONLY = ("rank", "probes", "lanczos_steps", "basis", "local_processes", "coordinator",
                     "num_processes", "process_id", "distributed")
 

@@ -98,6 +98,9 @@ def load_svd(run_dir: str | Path) -> JacobianSVD:
     """Read the decomposition saved by :func:`analyze` from a results folder (checksums verified)."""
     run = reopen(run_dir)
     cfg = read_json(run.path / "config.json")
+    if not run.has("svd_U.npy"):
+        raise ValueError(f"{run.path} holds no singular vectors (it was written with --no-save-vectors); "
+                         "rerun trainmap jacobian there with --overwrite and without that option")
     th = Thresholds(cfg["thresholds"]["stable_below"], cfg["thresholds"]["chaotic_above"])
     return JacobianSVD(run.load_array("svd_U"), run.load_array("singular_values"),
                        run.load_array("svd_Vt"), run.load_array("regions"),
@@ -122,6 +125,7 @@ def analyze(
     config: Mapping[str, Any] | None = None,
     mode: str = "auto",
     primal: str = "auto",
+    save_vectors: bool = True,
 ) -> dict[str, Any]:
     """Compute, decompose and report the exact training Jacobian of ``recipe`` from ``theta0``.
 
@@ -142,6 +146,8 @@ def analyze(
         stop_after: stop after this many new chunks (raises KeyboardInterrupt; for tests).
         config: extra JSON-able settings recorded in config.json.
         mode, primal: engine settings, see :func:`~trainmap.jacobian.exact.exact_jacobian`.
+        save_vectors: write the singular vectors ``svd_U.npy`` and ``svd_Vt.npy`` (2 P² floats;
+            the per-direction results, ``cos_uv`` and ``delta_proj``, are written either way).
 
     Returns:
         The summary dictionary (also written to ``summary.json``). The report is built from the
@@ -152,7 +158,7 @@ def analyze(
     check_engine_options(chunk_size, memory_budget_gb, mode, primal)
     cfg = {**recipe.config, **(config or {}), "dtype": dt.name, "chunk_size": chunk_size,
            "memory_budget_gb": memory_budget_gb, "mode": mode, "primal": primal,
-           "num_params": recipe.num_params,
+           **({} if save_vectors else {"save_vectors": False}), "num_params": recipe.num_params,
            "num_steps": recipe.num_steps,
            "thresholds": {"stable_below": thresholds.low, "chaotic_above": thresholds.high},
            "recipe_fingerprint": recipe.fingerprint()}
@@ -173,6 +179,8 @@ def analyze(
     t_jac = time.perf_counter()
 
     dec, proj, arrays, figs = decompose(J, th0_np, thT_np, thresholds, dt, progress)
+    if not save_vectors:
+        del arrays["svd_U"], arrays["svd_Vt"]
     t_svd = time.perf_counter()
 
     summary = region_summary(dec, bulk_tolerances)
