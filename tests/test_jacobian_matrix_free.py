@@ -222,6 +222,10 @@ def test_memory_budget_moves_the_basis_to_disk_then_refuses(tmp_path, tiny64):
     with pytest.raises(MemoryBudgetError, match="raise --memory-gb"):
         budget.check(5, 10, peak_bytes=9 * GiB)
     assert not MemoryBudget(10, "memory", GiB // 8, 2, 8).check(3, 10, peak_bytes=9 * GiB)
+    unstored = MemoryBudget(10, "none", GiB // 8, 2, 8)  # no basis: nothing to move, the budget still holds
+    assert not unstored.check(3, 10, peak_bytes=8 * GiB) and not unstored.on_disk
+    with pytest.raises(MemoryBudgetError, match="not stored"):
+        unstored.check(4, 10, peak_bytes=9 * GiB)
     # a whole basis that can never fit starts on disk (a resumed long run is never loaded into memory)
     assert MemoryBudget(10, "auto", GiB // 8, 2, 8).check_start(40, peak_bytes=GiB)  # 1 + 20 + 1 > 10
     assert not MemoryBudget(10, "auto", GiB // 8, 2, 8).check_start(10, peak_bytes=GiB)  # 1 + 5 + 1 ≤ 10

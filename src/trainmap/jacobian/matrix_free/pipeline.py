@@ -522,10 +522,8 @@ class MemoryBudget:
             peak_bytes: the peak resident memory to judge by (default: measured now).
         """
         peak = self._peak(peak_bytes)
-        if not self.on_disk:
+        if not self.on_disk and self.mode != "none":  # a basis that is not stored cannot move
             to_come = 2 * (total_steps - steps) * self.block * self.row_bytes  # Q_j and J Q_j
-            if self.mode == "none":
-                to_come = 0
             if self.mode == "auto" and peak + to_come + self.readoff > self.budget:
                 self.on_disk, self.moved_at = True, steps
                 self._before_move = self.peak_mb()
@@ -534,10 +532,11 @@ class MemoryBudget:
             return False
         need = peak + self.readoff + 2 * self.block * self.row_bytes
         if need > self.budget:
+            where = "not stored" if self.mode == "none" else "already on disk"
             raise MemoryBudgetError(
                 f"the products need {peak / 2**30:.2f} GiB of peak memory (measured) and the read-off "
                 f"{self.readoff / 2**30:.2f} GiB more, over the budget of {self.budget / 2**30:.2f} GiB "
-                "with the Krylov basis already on disk; raise --memory-gb (the steps are saved: add --resume) "
+                f"with the Krylov basis {where}; raise --memory-gb (the steps are saved: add --resume) "
                 "or use fewer --probes")
         return False
 
