@@ -150,3 +150,21 @@ def test_analyze_scale_without_a_basis_keeps_three_blocks_and_resumes(tmp_path):
         assert lo - 4 * once[r]["std_err"] - 1 <= n <= hi + 4 * once[r]["std_err"] + 1, (r, once[r], n)
     with pytest.raises(ValueError, match="slq counts only"):
         analyze_scale(recipe, theta0, tmp_path / "c", **{**kw, "method": "lanczos"})
+
+
+def test_a_non_finite_product_is_one_clear_error_that_names_the_reverse_pass():
+    P = 50
+    J = _matrix(np.linspace(0.5, 2, P), 3)
+
+    def apply(X):  # J·v finite, JᵀJ·v overflowed in the second row
+        JX = X @ J.T
+        out = JX @ J
+        out[1, 3] = np.inf
+        return out, JX
+
+    state = BlockLanczosState.start(rademacher(3, P, 0))
+    with pytest.raises(FloatingPointError, match=r"1 of 3 vectors \(J·v itself was finite: the reverse pass"):
+        block_lanczos_step(state, apply)
+    from trainmap.commands._common import USER_ERRORS
+
+    assert FloatingPointError in USER_ERRORS  # the CLI prints it as one line, exit code 2

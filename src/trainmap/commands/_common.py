@@ -7,9 +7,10 @@ from typing import Any, Callable
 import typer
 
 #: exceptions that mean "the user asked for something that cannot be done here": one line, exit 2.
-#: OSError covers unusable --out paths and a full disk.
+#: OSError covers unusable --out paths and a full disk; FloatingPointError a training run that is not
+#: differentiable in the chosen precision.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileExistsError, ValueError, RuntimeError, OSError,
-                                                MemoryError)
+                                                MemoryError, FloatingPointError)
 
 #: set by ``trainmap --debug``: let exceptions through with their traceback
 DEBUG = {"on": False}

@@ -149,9 +149,14 @@ def block_lanczos_step(state: BlockLanczosState, apply: BlockOperator, seed: int
     assert Qj is not None
     AQ, side = apply(Qj)
     AQ = np.array(AQ, dtype=Qj.dtype)  # a writable copy in the basis dtype
-    if not np.all(np.isfinite(AQ)):
-        raise FloatingPointError("the operator returned NaN/inf; the training run is not "
-                                 "differentiable here (diverged?) — lower the learning rate or use float64")
+    finite = np.isfinite(AQ).all(axis=1)
+    if not finite.all():
+        jx = "" if side is None or not np.isfinite(np.asarray(side)[~finite]).all() else \
+            " (J·v itself was finite: the reverse pass overflowed, as Adam's 1/√(v + eps_root) can on " \
+            "parameters with almost no gradient; float64 has the range for it)"
+        raise FloatingPointError(f"JᵀJ·v is NaN/inf for {int((~finite).sum())} of {finite.size} vectors{jx}; "
+                                 "the training run is not differentiable here in this precision (diverged?): "
+                                 "lower the learning rate, or use --dtype float64")
     state.blocks.append(Qj)
     # block i of coeff is Q_i A Q_jᵀ (b, b): the full column of T, not just the tridiagonal part
     Qn, R, coeff = _orthonormalise(AQ, state.blocks, seed=seed + 7919 * (state.steps + 1))
