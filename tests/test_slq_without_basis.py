@@ -22,6 +22,7 @@ from trainmap.jacobian.matrix_free.lanczos import (
     extreme_triplets,
     orthogonality_loss,
     rademacher,
+    without_side,
 )
 from trainmap.jacobian.matrix_free.pipeline import analyze_scale
 from trainmap.jacobian.matrix_free.slq import slq_counts
@@ -102,7 +103,7 @@ def test_paige_estimate_bounds_the_measured_loss_of_orthogonality():
         store = _Recording()
         state = BlockLanczosState.start(rademacher(4, P, 0, dt), blocks=store)
         for m in range(1, 55):
-            block_lanczos_step(state, lambda X: (op(X)[0], None))
+            block_lanczos_step(state, without_side(op))
             if m % 9 == 0:
                 measured, est = store.measured_loss(), orthogonality_loss(state)
                 floor = float(np.finfo(dt).eps)
@@ -115,7 +116,7 @@ def test_distinct_top_triplets_skip_the_copies_of_converged_values():
     op = dense_operator(J.astype(np.float32))
     state = BlockLanczosState.start(rademacher(8, s.size, 0, np.float32), blocks=_Recording())
     for _ in range(30):
-        block_lanczos_step(state, lambda X: (op(X)[0], None))
+        block_lanczos_step(state, without_side(op))
     assert orthogonality_loss(state) > 0.1  # σ = 30 converged in the first steps: orthogonality is gone
     raw = extreme_triplets(state, 6, "top", vectors=False)
     assert np.sum(np.abs(raw.sigma - s[0]) < 1e-5 * s[0]) >= 2  # the copies the run produced

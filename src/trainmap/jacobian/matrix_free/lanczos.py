@@ -105,6 +105,11 @@ class BlockLanczosState:
         return int(self.probes.shape[0])
 
     @property
+    def dtype(self) -> np.dtype:
+        """The basis dtype (that of the next block; float64 for a state without one)."""
+        return np.dtype(self.next_block.dtype if self.next_block is not None else np.float64)
+
+    @property
     def steps(self) -> int:
         """Number of finished block steps m (operator applications to a block)."""
         return len(self.coeffs)
@@ -220,7 +225,7 @@ def orthogonality_loss(state: BlockLanczosState) -> float:
     if not state.steps:
         return 0.0
     pairs = ritz(state, shift=0.0)
-    eps = float(np.finfo(state.blocks[-1].dtype if len(state.blocks) else np.float64).eps)
+    eps = float(np.finfo(state.dtype).eps)
     norm = float(np.abs(pairs.values).max())
     est = eps * norm / np.maximum(pairs.residuals, 1e-300)
     return float(np.clip(est.max(), eps, 1.0))
@@ -290,7 +295,7 @@ def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
                          "run more steps or use a larger block")
     order = np.arange(n) if end == "top" else np.arange(n - 1, -1, -1)
     if distinct:
-        eps = float(np.finfo(state.next_block.dtype if state.next_block is not None else np.float64).eps)
+        eps = float(np.finfo(state.dtype).eps)
         floor = 10.0 * eps * float(np.abs(pairs.values + 1.0).max())
         idx = _distinct(pairs.values, pairs.residuals, order, floor)
     else:
@@ -309,6 +314,11 @@ def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
             U = ritz_vectors(state, pairs.coords[:, idx], side=True) / np.maximum(sigma, 1e-30)[:, None]
     return ExtremeTriplets(sigma, V if V is not None else np.zeros((0, 0)), U, res,
                            res / np.maximum(np.abs(lam), 1.0), repeats)
+
+
+def without_side(apply: BlockOperator) -> BlockOperator:
+    """``apply`` with its side output (J X) dropped, for a run that keeps no left vectors."""
+    return lambda X: (apply(X)[0], None)
 
 
 def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: int = 0,
@@ -334,7 +344,7 @@ def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: in
     if steps * b > P:
         raise ValueError(f"steps·block = {steps * b} exceeds the dimension P = {P}; use fewer steps")
     state = BlockLanczosState.start(probes, blocks=None if keep_basis else WindowBlocks(2))
-    step_apply = apply if keep_basis else (lambda X: (apply(X)[0], None))
+    step_apply = apply if keep_basis else without_side(apply)
     for _ in range(steps):
         block_lanczos_step(state, step_apply, seed)
         if progress is not None:

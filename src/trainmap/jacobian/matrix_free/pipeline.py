@@ -54,6 +54,7 @@ from trainmap.jacobian.matrix_free.lanczos import (
     extreme_triplets,
     orthogonality_loss,
     rademacher,
+    without_side,
 )
 from trainmap.jacobian.matrix_free.operator import TrainingOperator
 from trainmap.jacobian.matrix_free.slq import quadrature, region_counts, spectral_density
@@ -148,18 +149,16 @@ class LanczosCheckpoint:
         self._drop_unfinished(steps)
         if self.window is None and "Q_0000.npy" not in self._sums:  # written by an earlier version: Q_0 is the probes' QR
             self._write("Q_0000.npy", state.next_block)  # type: ignore[arg-type]
-        if self.window is not None:
+        if self.window is not None:  # only the last blocks were kept, and no J Q
             first = max(steps - self.window, 0)
             state.blocks = WindowBlocks(self.window, count=first, blocks=[
                 self._read(self.folder / f"Q_{j:04d}.npy") for j in range(first, steps)])
         for j in range(steps):
-            if self.window is not None:
-                state.coeffs.append(self._read(self.folder / f"coeff_{j:04d}.npy"))
-                continue
-            state.blocks.append(self._read(self.folder / f"Q_{j:04d}.npy"))
-            side = self.folder / f"side_{j:04d}.npy"
-            if side.exists():
-                state.side.append(self._read(side))
+            if self.window is None:
+                state.blocks.append(self._read(self.folder / f"Q_{j:04d}.npy"))
+                side = self.folder / f"side_{j:04d}.npy"
+                if side.exists():
+                    state.side.append(self._read(side))
             state.coeffs.append(self._read(self.folder / f"coeff_{j:04d}.npy"))
         if steps:
             state.next_block = self._read(self.folder / f"Q_{steps:04d}.npy")
@@ -330,7 +329,7 @@ def analyze_scale(
             handshake(key)
         driver = ProductDriver(op.block_operator(), dt)
     apply = timed(driver or op.block_operator())
-    step_apply = apply if stored else (lambda X: (apply(X)[0], None))  # J Q is not kept either
+    step_apply = apply if stored else without_side(apply)  # J Q is not kept either
     with _progress(progress, max(m - state.steps, 0),
                    f"block Lanczos on JᵀJ ({P:,} params, {probes} probes)") as advance, \
             _released(driver), precision_context(dt):
@@ -413,14 +412,6 @@ def analyze_scale(
     summary["peak_memory_mb"] = memory.peak_mb()
     summary["memory_budget_mb"] = memory.budget / 2**20
     summary["warnings"] = _warnings(summary, top, bottom, budget_hit)
-    if not stored:
-        o = summary["lanczos"]["orthogonality"]
-        summary["warnings"].append(
-            f"the Krylov basis was not stored (--basis none): its estimated loss of orthogonality is "
-            f"{o['paige_estimate']:.1e} (Paige), and {o['repeated_ritz_values_dropped']} repeated Ritz values "
-            "were dropped from the top list; no singular vectors are written. With a loss near 1 the counts "
-            "can be biased beyond their error bars (1M-parameter MLP, 48 steps: chaotic 52k ± 12k against "
-            "17.9k ± 0.7k with the basis stored): check them against a run with the basis before relying on them")
     if not keep_checkpoint:
         shutil.rmtree(folder.path / "checkpoint", ignore_errors=True)
     return folder.finish(summary, arrays=arrays, figures=figs, captions=CAPTIONS)
@@ -579,4 +570,12 @@ def _warnings(s: dict, top: Any, bottom: Any, budget_hit: bool) -> list[str]:
     if budget_hit:
         out.append(f"stopped by the time budget after {s['lanczos']['steps']} of "
                    f"{s['lanczos']['steps_requested']} block steps; --resume continues")
+    o = s["lanczos"].get("orthogonality")
+    if o is not None:
+        out.append(
+            f"the Krylov basis was not stored (--basis none): its estimated loss of orthogonality is "
+            f"{o['paige_estimate']:.1e} (Paige), and {o['repeated_ritz_values_dropped']} repeated Ritz values "
+            "were dropped from the top list; no singular vectors are written. With a loss near 1 the counts "
+            "can be biased beyond their error bars (1M-parameter MLP, 48 steps: chaotic 52k ± 12k against "
+            "17.9k ± 0.7k with the basis stored): check them against a run with the basis before relying on them")
     return out
