@@ -271,8 +271,8 @@ def analyze_scale(
             (``method="slq"`` only): do not store the basis at all. Each block is orthogonalised
             against its two neighbours only, so memory and disk hold three blocks for any number
             of steps, but the basis loses orthogonality along converged Ritz vectors, and the
-            counts can then be biased (measured at 1M parameters: see docs/jacobian_scale.md). The summary reports Paige's estimate
-            of that loss (:func:`~trainmap.jacobian.matrix_free.lanczos.orthogonality_loss`) and
+            counts can then be biased (measured at 1M parameters: see docs/jacobian_scale.md).
+            The summary reports Paige's estimate of that loss (:func:`~trainmap.jacobian.matrix_free.lanczos.orthogonality_loss`) and
             the repeated Ritz values it causes, which are dropped from the top list; no singular
             vectors are written.
         config: extra JSON-able settings recorded in config.json.
