@@ -53,8 +53,8 @@ def main() -> None:
     ap.add_argument("--model", default="mlp", choices=("mlp", "decoder"), help="the digits MLP or a transformer")
     ap.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000], help="hidden widths of the MLP")
     ap.add_argument("--memory-gb", type=float, default=None, help="peak-memory budget (GiB) of the run")
-    ap.add_argument("--basis", default="auto", choices=("auto", "memory", "disk", "none"),
-                    help="Krylov basis storage (none: slq counts without a stored basis)")
+    ap.add_argument("--basis", default="auto", choices=("auto", "memory", "disk", "half", "none"),
+                    help="Krylov basis storage (half: older blocks in float16; none: not stored)")
     ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
                     help="--model decoder: Adam (lr 1e-3) or SGD with momentum 0.9 (lr 0.05)")
     ap.add_argument("--eps-root", type=float, default=1e-8,

@@ -85,7 +85,7 @@ def test_counts_without_a_stored_basis_agree_with_eigvalsh_and_the_full_run():
     exact["bulk"] = s.size - exact["chaotic"] - exact["stable"]
     op = dense_operator(J.astype(np.float32))
     kw = dict(num_probes=8, steps=30, seed=0, dtype=np.float32)
-    window, full = slq_counts(op, s.size, keep_basis=False, **kw), slq_counts(op, s.size, **kw)
+    window, full = slq_counts(op, s.size, basis="window", **kw), slq_counts(op, s.size, **kw)
     for r, n in exact.items():
         c = window[r]
         assert abs(c["count"] - n) < max(4 * c["std_err"], 0.05 * n), (r, c, n)
@@ -149,7 +149,7 @@ def test_analyze_scale_without_a_basis_keeps_three_blocks_and_resumes(tmp_path):
     for r, n in {"chaotic": (S > 1.1).sum(), "stable": (S < 0.9).sum()}.items():
         lo, hi = once[r]["quadrature_range"]
         assert lo - 4 * once[r]["std_err"] - 1 <= n <= hi + 4 * once[r]["std_err"] + 1, (r, once[r], n)
-    with pytest.raises(ValueError, match="slq counts only"):
+    with pytest.raises(ValueError, match="slq method only"):
         analyze_scale(recipe, theta0, tmp_path / "c", **{**kw, "method": "lanczos"})
 
 

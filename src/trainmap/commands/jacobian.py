@@ -35,7 +35,7 @@ Mode = _choices("Mode", ("auto", "forward", "reverse"))
 Primal = _choices("Primal", ("auto", "shared", "per_chunk"))
 Method = _choices("Method", ("exact", "lanczos", "slq"))
 #: trainmap.jacobian.matrix_free.pipeline.BASES
-Basis = _choices("Basis", ("auto", "memory", "disk", "none"))
+Basis = _choices("Basis", ("auto", "memory", "disk", "half", "none"))
 
 
 @app.callback(invoke_without_command=True)
@@ -71,9 +71,10 @@ def jacobian(
         "lanczos/slq: for the process's peak resident memory (default 80% of the machine); the Krylov basis "
         "moves to disk when it would not fit."),
     basis: Basis = typer.Option(Basis.auto, help="lanczos/slq: keep the Krylov basis in memory, on disk (the "
-                                "checkpoint files), or auto (memory while it fits --memory-gb); slq: none "
-                                "keeps three blocks only (counts and top σ, no vectors; the loss of "
-                                "orthogonality is estimated and reported)."),
+                                "checkpoint files), or auto (memory while it fits --memory-gb); slq: half "
+                                "keeps all but the last two blocks in float16, in memory (a quarter of the "
+                                "memory; the loss of orthogonality is bounded and reported), none keeps three "
+                                "blocks only (counts and top σ, no vectors; the counts can be biased)."),
     mode: Mode = typer.Option(Mode.auto, help="exact: forward (columns of J), reverse (rows) or auto "
                               "(forward)."),
     primal: Primal = typer.Option(Primal.auto, help="exact: shared (train once, store every step's "
@@ -261,8 +262,8 @@ def _run_matrix_free(method: str, run: Any, *, seed: int, dtype: str, bulk_tol: 
         typer.secho(f"  warning: {w}", fg=typer.colors.YELLOW)
     book = lz.get("bookkeeping_fraction_of_products")
     if book is not None:
-        where = ("not stored" if lz["basis"]["mode"] == "none" else
-                 "on disk" if lz["basis"]["on_disk"] else "in memory")
+        where = {"none": "not stored", "half": "in memory in float16"}.get(
+            lz["basis"]["mode"], "on disk" if lz["basis"]["on_disk"] else "in memory")
         typer.echo(f"  products {lz['product_s']:.1f} s, Lanczos bookkeeping {100 * book:.1f}% of that; "
                    f"basis {where}; peak memory {s['peak_memory_mb'] / 1024:.2f} of "
                    f"{s['memory_budget_mb'] / 1024:.2f} GiB")

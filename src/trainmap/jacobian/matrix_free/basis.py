@@ -12,6 +12,9 @@ dtype, without converting a block to another precision:
   however long the run. The files are written atomically; their checksums are verified when a
   run resumes (:class:`~trainmap.jacobian.matrix_free.pipeline.LanczosCheckpoint`), not on every
   sweep, since the run itself wrote them;
+* :class:`HalfBlocks` keeps the last two blocks exactly and every older one in float16: a quarter
+  of the memory of a float32 basis with its J-side blocks, and a loss of orthogonality bounded by
+  the rounding of the stored copies (about 2⁻¹¹);
 * :class:`WindowBlocks` keeps only the last few blocks: a run that needs no Ritz vectors (SLQ
   counts) then orthogonalises each new block against its neighbours only, at a memory of a few
   blocks for any number of steps, and loses global orthogonality (reported by
@@ -182,6 +185,82 @@ class WindowBlocks:
             yield (self.first_kept + i) * self._b, block
 
 
+class HalfBlocks:
+    """The last ``keep`` blocks exactly, every older block rounded to float16, all in memory.
+
+    The block three-term recurrence reads its two neighbours at full precision, so the projected
+    matrix's large entries are exact; the older blocks serve only to keep the basis orthogonal,
+    and for that half precision is enough: orthogonalising against a copy q̃ with
+    ‖q − q̃‖ ≤ δ leaves |qᵀw| ≤ |q̃ᵀw| + δ‖w‖, so the loss of orthogonality stays near δ ≈ 2⁻¹¹
+    (``rounding``, the largest ‖q − q̃‖ of any stored row, measured when it is rounded) instead of
+    growing to 1 as it does with the neighbours alone (:class:`WindowBlocks`). Memory: 2 bytes per
+    entry of the basis, a quarter of a float32 basis with its J-side blocks.
+
+    A sweep yields one block at a time, converted to the exact blocks' dtype.
+
+    Args:
+        keep: blocks kept exactly (2: the recurrence's).
+        half: a resumed run's older blocks in float16, oldest first.
+        blocks: a resumed run's last exact blocks, oldest first (at most ``keep``).
+    """
+
+    def __init__(self, keep: int = 2, half: list | None = None, blocks: list | None = None) -> None:
+        self.keep = int(keep)
+        self._half: list[np.ndarray] = [np.asarray(h, dtype=np.float16) for h in (half or [])]
+        self._exact: list[np.ndarray] = [np.asarray(b) for b in (blocks or [])]
+        if len(self._exact) > self.keep:
+            raise ValueError(f"a resumed store holds at most {self.keep} exact blocks, got {len(self._exact)}")
+        first = (self._exact or self._half or [np.zeros((0, 0))])[0]
+        self._b = int(first.shape[0])
+        self.rounding = 0.0
+
+    def __len__(self) -> int:
+        return len(self._half) + len(self._exact)
+
+    @property
+    def rows(self) -> int:
+        return len(self) * self._b
+
+    @property
+    def half_count(self) -> int:
+        """Blocks held in float16 (the oldest ones)."""
+        return len(self._half)
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if self._b and block.shape[0] != self._b:
+            raise ValueError(f"blocks must all have {self._b} rows, got {block.shape[0]}")
+        self._b = block.shape[0]
+        self._exact.append(block)
+        while len(self._exact) > self.keep:
+            self.push_half(self._exact.pop(0))
+
+    def push_half(self, block: np.ndarray) -> np.ndarray:
+        """Round ``block`` to float16 as the next older block; returns the float16 copy."""
+        h = np.asarray(block).astype(np.float16)
+        err = np.linalg.norm(np.asarray(block, dtype=np.float64) - h.astype(np.float64), axis=1)
+        self.rounding = max(self.rounding, float(err.max()) if err.size else 0.0)
+        self._half.append(h)
+        return h
+
+    def half_block(self, j: int) -> np.ndarray:
+        """The float16 copy of older block ``j`` (``j < half_count``)."""
+        return self._half[j]
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        j = _index(j, len(self))
+        if j < len(self._half):
+            return self._half[j].astype(self._exact[0].dtype if self._exact else np.float32)
+        return self._exact[j - len(self._half)]
+
+    def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
+        dtype = self._exact[0].dtype if self._exact else np.float32
+        for j, h in enumerate(self._half):
+            yield j * self._b, h.astype(dtype)
+        for i, block in enumerate(self._exact):
+            yield (len(self._half) + i) * self._b, block
+
+
 def _index(j: int, n: int) -> int:
     if not -n <= j < n:
         raise IndexError(f"block {j} of {n}")
@@ -243,3 +322,16 @@ def combine(coords: np.ndarray, basis: BlockStore, dtype: Any) -> np.ndarray:
     if out is None:
         raise ValueError("the basis is empty")
     return out
+
+
+def max_overlap(W: np.ndarray, basis: BlockStore) -> float:
+    """max |q · w| over the basis rows q and the rows w of W (b, P), in W's dtype: one sweep.
+
+    For the next Lanczos block this measures its loss of orthogonality against the stored basis
+    (against the stored copies, for :class:`HalfBlocks`: add its ``rounding`` for a bound on the
+    exact rows)."""
+    worst = 0.0
+    for _, G in basis.sweep():
+        h = G @ W.T
+        worst = max(worst, float(np.abs(h).max()) if h.size else 0.0)
+    return worst

@@ -26,10 +26,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from trainmap.jacobian.matrix_free.basis import BlockStore, MemoryBlocks, WindowBlocks, combine, project_out
+from trainmap.jacobian.matrix_free.basis import (
+    BlockStore,
+    HalfBlocks,
+    MemoryBlocks,
+    WindowBlocks,
+    combine,
+    project_out,
+)
 
 # apply(X: (b, P)) -> (A X: (b, P), side: (b, P) or None); ``side`` (J X) is kept for left vectors
 BlockOperator = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+#: how :func:`block_lanczos` keeps its basis in memory
+IN_MEMORY_BASES = ("full", "half", "window")
 
 
 def rademacher(num_probes: int, dim: int, seed: int, dtype: Any = np.float32) -> np.ndarray:
@@ -316,13 +325,44 @@ def extreme_triplets(state: BlockLanczosState, k: int, end: str = "top",
                            res / np.maximum(np.abs(lam), 1.0), repeats)
 
 
+def verified(t: ExtremeTriplets, apply: BlockOperator, block: int) -> ExtremeTriplets:
+    """The triplets with their residuals measured by products, and U = J V / σ from the same products.
+
+    For a basis stored inexactly (:class:`~trainmap.jacobian.matrix_free.basis.HalfBlocks`) the
+    Ritz vectors V = sᵀQ carry the rounding of the stored blocks, which the projected problem's
+    residual ‖B_m s_last‖ does not see. This multiplies the normalised rows of V by JᵀJ (in row
+    blocks of ``block``, ⌈k / block⌉ operator calls) and reports ‖JᵀJ v − σ² v‖ of the vectors as
+    returned; the left vectors come from the same call's J v.
+
+    Args:
+        t: triplets with V (k, P); σ is kept (the projected problem's value is the accurate one).
+        apply: ``X (b, P) -> (JᵀJ X, J X or None)``.
+        block: rows per operator call (the operator's block size).
+    """
+    V = t.V / np.linalg.norm(t.V, axis=1, keepdims=True).astype(t.V.dtype)
+    res = np.zeros(V.shape[0])
+    U: list[np.ndarray] = []
+    lam = t.sigma.astype(np.float64) ** 2
+    for i in range(0, V.shape[0], block):
+        X = V[i:i + block]
+        pad = block - X.shape[0]  # the compiled operator takes whole blocks
+        Xp = np.concatenate([X, np.zeros((pad, X.shape[1]), X.dtype)]) if pad else X
+        AX, JX = apply(Xp)
+        AX = np.asarray(AX, dtype=np.float64)[: X.shape[0]]
+        res[i:i + X.shape[0]] = np.linalg.norm(AX - lam[i:i + X.shape[0], None] * X, axis=1)
+        if JX is not None:
+            U.append(np.asarray(JX)[: X.shape[0]] / np.maximum(t.sigma[i:i + X.shape[0], None], 1e-30))
+    Ua = np.concatenate(U).astype(V.dtype) if U else None
+    return ExtremeTriplets(t.sigma, V, Ua, res, res / np.maximum(lam, 1.0), t.repeats)
+
+
 def without_side(apply: BlockOperator) -> BlockOperator:
     """``apply`` with its side output (J X) dropped, for a run that keeps no left vectors."""
     return lambda X: (apply(X)[0], None)
 
 
 def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: int = 0,
-                  progress: Callable[[], None] | None = None, keep_basis: bool = True) -> BlockLanczosState:
+                  progress: Callable[[], None] | None = None, basis: str = "full") -> BlockLanczosState:
     """Run ``steps`` block steps from ``probes`` (b, P) in memory (see :mod:`scale` for checkpoints).
 
     Args:
@@ -331,9 +371,12 @@ def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: in
         steps: number of block steps m (m·b ≤ P).
         seed: seed of replacement vectors for an exhausted Krylov space.
         progress: called once per finished step.
-        keep_basis: False keeps only the last two blocks (and no J Q), orthogonalising each new
-            block against them alone (:class:`~trainmap.jacobian.matrix_free.basis.WindowBlocks`;
-            see :func:`orthogonality_loss`); the projected matrix and the quadrature remain.
+        basis: how the Krylov basis is kept (:data:`IN_MEMORY_BASES`): ``"full"`` (every block,
+            and J Q when ``apply`` returns it), ``"half"`` (the last two blocks exactly, older ones
+            in float16, no J Q: :class:`~trainmap.jacobian.matrix_free.basis.HalfBlocks`), or
+            ``"window"`` (the last two blocks only, orthogonalising each new block against them
+            alone: :class:`~trainmap.jacobian.matrix_free.basis.WindowBlocks`; see
+            :func:`orthogonality_loss`). The projected matrix and the quadrature remain in all three.
 
     Returns:
         The :class:`BlockLanczosState`.
@@ -343,8 +386,11 @@ def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: in
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps * b > P:
         raise ValueError(f"steps·block = {steps * b} exceeds the dimension P = {P}; use fewer steps")
-    state = BlockLanczosState.start(probes, blocks=None if keep_basis else WindowBlocks(2))
-    step_apply = apply if keep_basis else without_side(apply)
+    stores = {"full": None, "half": HalfBlocks(2), "window": WindowBlocks(2)}
+    if basis not in stores:
+        raise ValueError(f"basis must be one of {IN_MEMORY_BASES}, got {basis!r}")
+    state = BlockLanczosState.start(probes, blocks=stores[basis])
+    step_apply = apply if basis == "full" else without_side(apply)
     for _ in range(steps):
         block_lanczos_step(state, step_apply, seed)
         if progress is not None:

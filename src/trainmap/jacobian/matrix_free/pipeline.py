@@ -46,7 +46,7 @@ from trainmap._progress import _reset_peak_rss, peak_rss_mib
 from trainmap._progress import progress as _progress
 from trainmap.jacobian.exact.checkpoint import CheckpointError, fingerprint
 from trainmap.jacobian.exact.checkpoint import array_sha256 as _sha
-from trainmap.jacobian.matrix_free.basis import DiskBlocks, MemoryBlocks, WindowBlocks
+from trainmap.jacobian.matrix_free.basis import DiskBlocks, HalfBlocks, MemoryBlocks, WindowBlocks, max_overlap
 from trainmap.jacobian.matrix_free.distributed import ProductDriver, handshake, serve_products
 from trainmap.jacobian.matrix_free.lanczos import (
     BlockLanczosState,
@@ -54,6 +54,7 @@ from trainmap.jacobian.matrix_free.lanczos import (
     extreme_triplets,
     orthogonality_loss,
     rademacher,
+    verified,
     without_side,
 )
 from trainmap.jacobian.matrix_free.operator import TrainingOperator
@@ -64,8 +65,10 @@ from trainmap.protocol import TrainingMap, is_traceable
 from trainmap.results import mode_of, open_results
 
 METHODS = ("lanczos", "slq")
-BASES = ("auto", "memory", "disk", "none")
+FULL_BASES = ("auto", "memory", "disk")  # every block at full precision, with J Q
+BASES = (*FULL_BASES, "half", "none")
 WINDOW = 2  # blocks a run without a stored basis keeps (the block three-term recurrence's)
+HALF_BOUND_WARN = 1e-2  # a float16 basis whose orthogonality bound exceeds this gets a warning
 CONVERGED_RTOL = 1e-3  # a Ritz pair counts as converged when ‖JᵀJv − σ²v‖ / max(σ², 1) < this
 
 CAPTIONS = {
@@ -103,12 +106,18 @@ class LanczosCheckpoint:
     basis (:class:`~trainmap.jacobian.matrix_free.basis.DiskBlocks`) when it does not fit the
     memory budget. With ``window`` (a run that does not store its basis,
     :class:`~trainmap.jacobian.matrix_free.basis.WindowBlocks`) only the last ``window`` blocks and
-    the next one stay on disk: older ``Q`` files are deleted as the run goes.
+    the next one stay on disk: older ``Q`` files are deleted as the run goes. With ``half`` too
+    (:class:`~trainmap.jacobian.matrix_free.basis.HalfBlocks`), each block that leaves the window
+    is written as ``Qh_j.npy`` in float16 before its ``Q_j.npy`` is deleted, and no ``side`` files
+    are written.
     """
 
-    def __init__(self, folder: Path, key: str, window: int | None = None) -> None:
-        self.folder, self.key, self.window = folder, key, window
+    def __init__(self, folder: Path, key: str, window: int | None = None, half: bool = False) -> None:
+        if half and window is None:
+            raise ValueError("a half-precision basis keeps a window of exact blocks: pass window")
+        self.folder, self.key, self.window, self.half = folder, key, window, half
         self._sums: dict[str, str] = {}
+        self._rounding = 0.0
 
     def _progress_path(self) -> Path:
         return self.folder / "progress.json"
@@ -126,7 +135,7 @@ class LanczosCheckpoint:
         b = probes.shape[0]
         stores: dict[str, Any] = {"blocks": MemoryBlocks(capacity), "side": MemoryBlocks(capacity)}
         if self.window is not None:
-            stores = {"blocks": WindowBlocks(self.window)}
+            stores = {"blocks": HalfBlocks(self.window) if self.half else WindowBlocks(self.window)}
         elif on_disk:
             stores = {"blocks": DiskBlocks(self.folder, "Q", b), "side": DiskBlocks(self.folder, "side", b)}
         fresh = not resume or not self._progress_path().exists()
@@ -137,22 +146,27 @@ class LanczosCheckpoint:
         state = BlockLanczosState.start(probes, **stores)
         if fresh:
             self._write("Q_0000.npy", state.next_block)  # type: ignore[arg-type]
-            atomic_write_json(self._progress_path(), {"key": self.key, "steps": 0, "compute_s": 0.0,
-                                                      "checksums": self._sums})
+            self._write_progress(0, 0.0)
             return state, 0.0
         prog = read_json(self._progress_path())
         if prog.get("key") != self.key:
             raise CheckpointError(f"{self.folder} belongs to a different run (recipe, θ₀, probes or "
                                   "dtype changed); rerun without --resume or with --overwrite")
         self._sums = dict(prog.get("checksums", {}))
+        self._rounding = float(prog.get("half_rounding", 0.0))
         steps = int(prog["steps"])
         self._drop_unfinished(steps)
         if self.window is None and "Q_0000.npy" not in self._sums:  # written by an earlier version: Q_0 is the probes' QR
             self._write("Q_0000.npy", state.next_block)  # type: ignore[arg-type]
-        if self.window is not None:  # only the last blocks were kept, and no J Q
+        if self.window is not None:  # only the last blocks were kept exactly, and no J Q
             first = max(steps - self.window, 0)
-            state.blocks = WindowBlocks(self.window, count=first, blocks=[
-                self._read(self.folder / f"Q_{j:04d}.npy") for j in range(first, steps)])
+            last = [self._read(self.folder / f"Q_{j:04d}.npy") for j in range(first, steps)]
+            if self.half:
+                state.blocks = HalfBlocks(self.window, blocks=last, half=[
+                    self._read(self.folder / f"Qh_{j:04d}.npy") for j in range(first)])
+                state.blocks.rounding = self._rounding
+            else:
+                state.blocks = WindowBlocks(self.window, count=first, blocks=last)
         for j in range(steps):
             if self.window is None:
                 state.blocks.append(self._read(self.folder / f"Q_{j:04d}.npy"))
@@ -195,13 +209,27 @@ class LanczosCheckpoint:
         self._write(f"coeff_{j:04d}.npy", state.coeffs[-1])
         self._write(f"Q_{j + 1:04d}.npy", state.next_block)  # type: ignore[arg-type]
         self._write(f"R_{j + 1:04d}.npy", state.next_R)  # type: ignore[arg-type]
-        atomic_write_json(self._progress_path(), {"key": self.key, "steps": state.steps,
-                                                  "compute_s": compute_s, "checksums": self._sums})
-        if self.window is not None:  # after the progress file: a resumed run never needs these
-            for i in range(j + 1 - self.window):
-                for name in (f"Q_{i:04d}.npy", f"R_{i:04d}.npy"):
-                    self._sums.pop(name, None)
-                    (self.folder / name).unlink(missing_ok=True)
+        old = range(j + 1 - self.window) if self.window is not None else range(0)
+        if self.half:  # the blocks that left the window, as the store rounded them
+            blocks = state.blocks
+            assert isinstance(blocks, HalfBlocks)
+            for i in old:
+                if f"Qh_{i:04d}.npy" not in self._sums:
+                    self._write(f"Qh_{i:04d}.npy", blocks.half_block(i))
+            self._rounding = blocks.rounding
+        for i in old:
+            for name in (f"Q_{i:04d}.npy", f"R_{i:04d}.npy"):
+                self._sums.pop(name, None)
+        self._write_progress(state.steps, compute_s)
+        for i in old:  # after the progress file: a resumed run never needs these
+            for name in (f"Q_{i:04d}.npy", f"R_{i:04d}.npy"):
+                (self.folder / name).unlink(missing_ok=True)
+
+    def _write_progress(self, steps: int, compute_s: float) -> None:
+        prog = {"key": self.key, "steps": steps, "compute_s": compute_s, "checksums": self._sums}
+        if self.half:
+            prog["half_rounding"] = self._rounding
+        atomic_write_json(self._progress_path(), prog)
 
     def on_disk(self, state: BlockLanczosState) -> BlockLanczosState:
         """The same state with its basis read from this folder's files instead of memory."""
@@ -267,14 +295,20 @@ def analyze_scale(
             basis still to come plus the read-off fits, and moves to disk (the checkpoint files)
             when it would not; a run whose products alone exceed the budget stops with an error
             after saving its steps (``--resume`` with a larger budget continues).
-        basis: ``"auto"`` (as above), ``"memory"``, ``"disk"`` (from the first step), or ``"none"``
-            (``method="slq"`` only): do not store the basis at all. Each block is orthogonalised
-            against its two neighbours only, so memory and disk hold three blocks for any number
-            of steps, but the basis loses orthogonality along converged Ritz vectors, and the
-            counts can then be biased (measured at 1M parameters: see docs/jacobian_scale.md).
-            The summary reports Paige's estimate of that loss (:func:`~trainmap.jacobian.matrix_free.lanczos.orthogonality_loss`) and
-            the repeated Ritz values it causes, which are dropped from the top list; no singular
-            vectors are written.
+        basis: ``"auto"`` (as above), ``"memory"``, ``"disk"`` (from the first step), ``"half"`` or
+            ``"none"`` (these two: ``method="slq"`` only). ``"half"`` keeps the last two blocks
+            exactly and every older one in float16, in memory, and no J Q (2 bytes per basis
+            entry instead of 8; it must fit ``memory_gb``): the loss of orthogonality stays at the
+            rounding (≈ 2⁻¹¹), bounded and reported in ``lanczos.orthogonality``, the counts and σ
+            are the full basis's, and the top vectors' residuals (and U = J V / σ) are measured
+            by ⌈rank / probes⌉ more block products. ``"none"`` does not store the basis at all:
+            each block is orthogonalised against its two neighbours only, so memory and disk
+            hold three blocks for any number of steps, but the basis loses orthogonality along
+            converged Ritz vectors and the counts can then be biased (measured at 1M parameters,
+            and why: docs/jacobian_scale.md). The summary reports Paige's estimate of that loss
+            (:func:`~trainmap.jacobian.matrix_free.lanczos.orthogonality_loss`) and the repeated
+            Ritz values it causes, which are dropped from the top list; no singular vectors are
+            written.
         config: extra JSON-able settings recorded in config.json.
 
     Returns:
@@ -286,10 +320,11 @@ def analyze_scale(
         raise ValueError(f"unknown method {method!r}; use one of {METHODS} (or 'exact' via analyze)")
     if rank < 1 or probes < 1:
         raise ValueError(f"rank and probes must be >= 1, got rank={rank}, probes={probes}")
-    if basis == "none" and method != "slq":
-        raise ValueError("basis='none' (no stored Krylov basis) serves the slq counts only; the lanczos method's "
-                         "stable-end triplets need the basis: use --basis auto, memory or disk")
-    stored = basis != "none"
+    if basis in ("none", "half") and method != "slq":
+        raise ValueError(f"basis={basis!r} serves the slq method only; the lanczos method's stable-end triplets "
+                         "need the whole basis at full precision: use --basis auto, memory or disk")
+    stored = basis != "none"  # Ritz vectors can be formed
+    full, half = basis in FULL_BASES, basis == "half"
     t_start = time.perf_counter()
     dt = check_dtype(dtype)
     P = recipe.num_params
@@ -312,9 +347,10 @@ def analyze_scale(
     # ------------------------------------------------------------------ block Lanczos
     op = TrainingOperator(recipe, th0_np, dtype=dt, segment=segment, devices=devices)
     V0 = rademacher(probes, P, seed, dt)
-    key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}" + ("" if stored else "|basis=none")
-    ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key, window=None if stored else WINDOW)
-    memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2))
+    key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}" + ("" if full else f"|basis={basis}")
+    ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key, window=None if full else WINDOW, half=half)
+    memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2),
+                          itemsize=dt.itemsize)
     memory.check_start(m)  # a basis that cannot fit (e.g. a resumed long run) is never loaded into memory
     state, spent = ckpt.load(V0, folder.resumed, on_disk=memory.on_disk, capacity=m)
     done_before, spent_before = state.steps, spent
@@ -329,7 +365,7 @@ def analyze_scale(
             handshake(key)
         driver = ProductDriver(op.block_operator(), dt)
     apply = timed(driver or op.block_operator())
-    step_apply = apply if stored else without_side(apply)  # J Q is not kept either
+    step_apply = apply if full else without_side(apply)  # J Q is not kept either
     with _progress(progress, max(m - state.steps, 0),
                    f"block Lanczos on JᵀJ ({P:,} params, {probes} probes)") as advance, \
             _released(driver), precision_context(dt):
@@ -347,13 +383,15 @@ def analyze_scale(
             if memory.check(state.steps, m):
                 state = ckpt.on_disk(state)
             advance()
+        bookkeeping_s = (spent - spent_before) - apply.seconds  # this run's steps outside the products
+        n = state.steps * probes
+        k = min(rank, n)
+        top = extreme_triplets(state, k, "top", vectors=stored, distinct=not stored)
+        if half:  # V carries the float16 rounding: measure its residuals, and get U, by products
+            top = verified(top, apply, probes)
     t_lanczos = time.perf_counter()
-    bookkeeping_s = (spent - spent_before) - apply.seconds  # this run's steps outside the products
 
     # ------------------------------------------------------------------ read-off
-    n = state.steps * probes
-    k = min(rank, n)
-    top = extreme_triplets(state, k, "top", vectors=stored, distinct=not stored)
     q = quadrature(state)
     counts = region_counts(q, thresholds)
     grid = np.linspace(np.log10(max(float(np.sqrt(max(q.nodes.min(), 0))), 1e-6)) - 0.3,
@@ -404,6 +442,13 @@ def analyze_scale(
         summary["lanczos"]["orthogonality"] = {
             "basis_stored": False, "paige_estimate": orthogonality_loss(state),
             "repeated_ritz_values_dropped": top.repeats}
+    if half:
+        assert isinstance(state.blocks, HalfBlocks)
+        measured = max_overlap(state.next_block, state.blocks) if state.next_block is not None else 0.0
+        summary["lanczos"]["orthogonality"] = {
+            "basis_stored": "float16 (all but the last two blocks)", "rounding": state.blocks.rounding,
+            "next_block_overlap": measured, "bound": measured + state.blocks.rounding,
+            "top_residuals": "measured by products (the Ritz vectors carry the float16 rounding)"}
     summary["metrics"] = metrics
     summary["change_norm"] = float(np.linalg.norm(thT_np - th0_np))
     summary["wall_time_s"] = {"train_check": t_train - t_start, "lanczos": t_lanczos - t_train,
@@ -473,13 +518,16 @@ class MemoryBudget:
 
     Args:
         memory_gb: the budget (GiB) for the process's peak resident memory; None: 80% of the machine.
-        basis: "auto", "memory", "disk" or "none" (never stored: nothing moves).
+        basis: "auto", "memory", "disk", "half" (in memory, a quarter of the size: it must fit,
+            or the run stops with an error) or "none" (never stored: nothing moves).
         row_bytes: bytes of one basis row (P · itemsize).
         block: rows per block (the probes).
         readoff_rows: rows the read-off holds at once (Ritz vectors V and U at each end).
+        itemsize: bytes per entry of the operator's dtype.
     """
 
-    def __init__(self, memory_gb: float | None, basis: str, row_bytes: int, block: int, readoff_rows: int) -> None:
+    def __init__(self, memory_gb: float | None, basis: str, row_bytes: int, block: int, readoff_rows: int,
+                 itemsize: int = 4) -> None:
         if basis not in BASES:
             raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
         if memory_gb is not None and memory_gb <= 0:
@@ -488,6 +536,8 @@ class MemoryBudget:
         self.mode, self.row_bytes, self.block, self.readoff = basis, row_bytes, block, readoff_rows * row_bytes
         self.on_disk = basis == "disk"
         self.moved_at: int | None = 0 if self.on_disk else None
+        # memory one more block step adds: Q_j and J Q_j, or Q_j in float16, or nothing
+        self.step_bytes = {"half": block * (row_bytes // itemsize) * 2, "none": 0}.get(basis, 2 * block * row_bytes)
         self._before_move = 0.0  # MiB: the peak up to the move (the high-water mark is reset there)
 
     def peak_mb(self) -> float:
@@ -501,10 +551,19 @@ class MemoryBudget:
     def check_start(self, total_steps: int, peak_bytes: int | None = None) -> bool:
         """Before the first step: the basis starts on disk when all of it could never fit (auto mode)."""
         peak = self._peak(peak_bytes)
-        whole = 2 * total_steps * self.block * self.row_bytes
+        whole = total_steps * self.step_bytes
         if self.mode == "auto" and not self.on_disk and peak + whole + self.readoff > self.budget:
             self.on_disk, self.moved_at = True, 0
+        if self.mode == "half":
+            self._half_fits(peak, whole, total_steps)
         return self.on_disk
+
+    def _half_fits(self, peak: int, to_come: int, steps: int) -> None:
+        if peak + to_come + self.readoff > self.budget:
+            raise MemoryBudgetError(
+                f"the float16 Krylov basis of {steps} more block steps needs {to_come / 2**30:.2f} GiB on top of "
+                f"{peak / 2**30:.2f} GiB in use, over the budget of {self.budget / 2**30:.2f} GiB; use --basis disk "
+                "(or auto), fewer --lanczos-steps, or raise --memory-gb (the steps are saved: add --resume)")
 
     def check(self, steps: int, total_steps: int, peak_bytes: int | None = None) -> bool:
         """After a step: True when the basis must move to disk now; raises when nothing fits.
@@ -514,8 +573,11 @@ class MemoryBudget:
             peak_bytes: the peak resident memory to judge by (default: measured now).
         """
         peak = self._peak(peak_bytes)
+        if self.mode == "half":
+            self._half_fits(peak, (total_steps - steps) * self.step_bytes, total_steps - steps)
+            return False
         if not self.on_disk and self.mode != "none":  # a basis that is not stored cannot move
-            to_come = 2 * (total_steps - steps) * self.block * self.row_bytes  # Q_j and J Q_j
+            to_come = (total_steps - steps) * self.step_bytes  # Q_j and J Q_j
             if self.mode == "auto" and peak + to_come + self.readoff > self.budget:
                 self.on_disk, self.moved_at = True, steps
                 self._before_move = self.peak_mb()
@@ -571,11 +633,14 @@ def _warnings(s: dict, top: Any, bottom: Any, budget_hit: bool) -> list[str]:
         out.append(f"stopped by the time budget after {s['lanczos']['steps']} of "
                    f"{s['lanczos']['steps_requested']} block steps; --resume continues")
     o = s["lanczos"].get("orthogonality")
-    if o is not None:
+    if o is not None and o["basis_stored"] is False:
         out.append(
             f"the Krylov basis was not stored (--basis none): its estimated loss of orthogonality is "
             f"{o['paige_estimate']:.1e} (Paige), and {o['repeated_ritz_values_dropped']} repeated Ritz values "
             "were dropped from the top list; no singular vectors are written. With a loss near 1 the counts "
             "can be biased beyond their error bars (1M-parameter MLP, 48 steps: chaotic 52k ± 12k against "
-            "17.9k ± 0.7k with the basis stored): check them against a run with the basis before relying on them")
+            "17.9k ± 0.7k with the basis stored): use --basis half for counts at a quarter of the basis's memory")
+    elif o is not None and o["bound"] > HALF_BOUND_WARN:
+        out.append(f"the float16 basis's loss of orthogonality reached {o['bound']:.1e} (bound), above "
+                   f"{HALF_BOUND_WARN:g}: compare the counts with a run at full precision (--basis auto)")
     return out

@@ -119,7 +119,7 @@ def spectral_density(q: Quadrature, grid: np.ndarray, bandwidth: float = 0.03) -
 
 def slq_counts(apply: BlockOperator, dim: int, num_probes: int = 8, steps: int = 30, seed: int = 0,
                thresholds: Thresholds = Thresholds(), dtype: Any = np.float64,
-               keep_basis: bool = True) -> dict[str, dict[str, Any]]:
+               basis: str = "full") -> dict[str, dict[str, Any]]:
     """SLQ region counts in one call (in memory), for a block operator of JᵀJ.
 
     Args:
@@ -130,10 +130,10 @@ def slq_counts(apply: BlockOperator, dim: int, num_probes: int = 8, steps: int =
         seed: seed of the probes.
         thresholds: region boundaries on σ.
         dtype: dtype of the probes and the stored basis.
-        keep_basis: False stores two blocks only (see :func:`~trainmap.jacobian.matrix_free.lanczos.block_lanczos`).
+        basis: ``"full"``, ``"half"`` or ``"window"`` (see :func:`~trainmap.jacobian.matrix_free.lanczos.block_lanczos`).
 
     Returns:
         See :func:`region_counts`.
     """
-    state = block_lanczos(apply, rademacher(num_probes, dim, seed, dtype), steps, seed, keep_basis=keep_basis)
+    state = block_lanczos(apply, rademacher(num_probes, dim, seed, dtype), steps, seed, basis=basis)
     return region_counts(quadrature(state), thresholds)
