@@ -32,6 +32,14 @@ def test_two_local_processes_give_the_one_process_sigma_and_counts(tmp_path):
     for r in ("chaotic", "bulk", "stable"):
         assert abs(s2[r]["count"] - s1[r]["count"]) <= 1e-5 * s1["num_params"], (r, s1[r], s2[r])
     assert not (tmp_path / "two" / "process-1").exists()  # only process 0 writes
+    # the float16 basis (process 0's alone) with its extra verification products, through the collectives
+    half = _trainmap(*ARGS, "--out", str(tmp_path / "half"), "--local-processes", "2", "--basis", "half")
+    assert half.returncode == 0, half.stderr[-3000:]
+    sh = json.loads((tmp_path / "half" / "summary.json").read_text())
+    np.testing.assert_allclose(sh["top"]["sigma"], s1["top"]["sigma"], rtol=1e-5)
+    for r in ("chaotic", "bulk", "stable"):
+        assert abs(sh[r]["count"] - s1[r]["count"]) <= 1e-3 * s1["num_params"], (r, s1[r], sh[r])
+    assert np.load(tmp_path / "half" / "top_U.npy").shape == np.load(tmp_path / "one" / "top_U.npy").shape
     # a half-given job is one error line, before anything runs
     bad = _trainmap(*ARGS, "--out", str(tmp_path / "bad"), "--num-processes", "2")
     assert bad.returncode == 2 and "error: give --coordinator, --num-processes and --process-id" in bad.stderr

@@ -347,7 +347,8 @@ def analyze_scale(
     # ------------------------------------------------------------------ block Lanczos
     op = TrainingOperator(recipe, th0_np, dtype=dt, segment=segment, devices=devices)
     V0 = rademacher(probes, P, seed, dt)
-    key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}" + ("" if full else f"|basis={basis}")
+    run_key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}"  # what every process must share
+    key = run_key + ("" if full else f"|basis={basis}")  # the checkpoint's: the basis layout too
     ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key, window=None if full else WINDOW, half=half)
     memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2),
                           itemsize=dt.itemsize)
@@ -362,7 +363,7 @@ def analyze_scale(
             raise ValueError("several processes need a JAX training map (the products are JAX collectives); "
                              "run a torch recipe in one process")
         with precision_context(dt):
-            handshake(key)
+            handshake(run_key)
         driver = ProductDriver(op.block_operator(), dt)
     apply = timed(driver or op.block_operator())
     step_apply = apply if full else without_side(apply)  # J Q is not kept either
