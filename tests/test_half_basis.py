@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_recipe
-from test_slq_without_basis import _gapped
+from test_slq_without_basis import RecordingMixin, _gapped
 from trainmap.jacobian.matrix_free.basis import HalfBlocks, MemoryBlocks, max_overlap
 from trainmap.jacobian.matrix_free.lanczos import (
     BlockLanczosState,
@@ -29,20 +29,8 @@ from trainmap.jacobian.matrix_free.pipeline import MemoryBudget, MemoryBudgetErr
 from trainmap.jacobian.matrix_free.slq import quadrature, region_counts
 
 
-class _Recording(HalfBlocks):
-    """A half-precision store that also keeps every block exactly, for the test to measure with."""
-
-    def __init__(self) -> None:
-        super().__init__(2)
-        self.seen: list[np.ndarray] = []
-
-    def append(self, block: np.ndarray) -> None:
-        super().append(block)
-        self.seen.append(np.array(block, dtype=np.float64))
-
-    def measured_loss(self) -> float:
-        Q = np.concatenate(self.seen)
-        return float(np.abs(Q @ Q.T - np.eye(Q.shape[0])).max())
+class _Recording(RecordingMixin, HalfBlocks):
+    """A half-precision store that also remembers every block exactly."""
 
 
 def test_half_blocks_round_the_old_blocks_and_keep_the_last_two():

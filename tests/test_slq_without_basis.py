@@ -44,20 +44,26 @@ def _gapped(P: int = 600) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(s)[::-1], _matrix(s, 1)
 
 
-class _Recording(WindowBlocks):
-    """A window store that also remembers every block, for the test to measure orthogonality."""
+class RecordingMixin:
+    """A block store that also keeps an exact copy of every block, for a test to measure with."""
 
-    def __init__(self, keep: int = 2) -> None:
-        super().__init__(keep)
-        self.seen: list[np.ndarray] = []
+    @property
+    def seen(self) -> list[np.ndarray]:
+        """Every block appended so far, in float64."""
+        return self.__dict__.setdefault("_seen", [])
 
     def append(self, block: np.ndarray) -> None:
-        super().append(block)
+        super().append(block)  # type: ignore[misc]
         self.seen.append(np.array(block, dtype=np.float64))
 
     def measured_loss(self) -> float:
+        """max |q_iᵀ q_j − δ_ij| over every block appended so far."""
         Q = np.concatenate(self.seen)
         return float(np.abs(Q @ Q.T - np.eye(Q.shape[0])).max())
+
+
+class _Recording(RecordingMixin, WindowBlocks):
+    """A window store that also remembers every block."""
 
 
 def test_window_blocks_keep_the_last_blocks_and_count_all():
