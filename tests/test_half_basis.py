@@ -127,6 +127,7 @@ def test_analyze_scale_with_a_half_basis_resumes_and_matches_the_full_basis(tmp_
     orth = json.loads((tmp_path / "b" / "summary.json").read_text())["lanczos"]["orthogonality"]
     assert orth["basis_stored"].startswith("float16") and 0 < orth["rounding"] < 1e-3
     assert orth["bound"] == pytest.approx(orth["next_block_overlap"] + orth["rounding"])
+    assert orth["verification_products"] == 1 and once["lanczos"]["products_timed"] == 9  # 3 vectors, blocks of 3
     assert once["lanczos"]["basis"]["mode"] == "half" and not any("not stored" in w for w in once["warnings"])
     with pytest.raises(ValueError, match="slq method only"):
         analyze_scale(recipe, theta0, tmp_path / "d", basis="half", **{**kw, "method": "lanczos"})

@@ -14,7 +14,9 @@ Two uncertainties are reported per count:
 * ``quadrature_range`` — the interval allowed by the Chebyshev–Markov–Stieltjes inequalities
   of Gauss quadrature (the true distribution function at a threshold lies between the node sums
   just below and just above it), averaged over probes. It is wide when few Ritz values fall
-  near the region boundaries σ = 0.9 and σ = 1.1; run more Lanczos steps to narrow it.
+  near the region boundaries σ = 0.9 and σ = 1.1; run more Lanczos steps to narrow it. With a
+  block of b > 1 probes each probe's rule (m·b nodes, exact to degree 2m − 1) is not a Gauss
+  rule, so the range is a guide there, not a bound (docs/jacobian_scale.md has a case it misses).
 
 The point estimate interpolates each probe's quadrature distribution function linearly between
 node midpoints, which removes most of the staircase bias of the plain node sum.
