@@ -85,3 +85,17 @@ def test_matrix_free_agrees_with_exact(tmp_path, name):
         lo, hi = s[r]["quadrature_range"]
         tol = 4 * s[r]["std_err"] + 1
         assert lo - tol <= n <= hi + tol, (name, r, s[r], n)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_the_cnns_shifted_products_are_xlas_same_convolution(k):
+    """resnet1d's convolution (k shifted matrix products) against lax.conv_general_dilated, in float64."""
+    from trainmap.models.resnet1d import _conv
+
+    rng = np.random.default_rng(k)
+    x, w, b = rng.standard_normal((3, 11, 4)), rng.standard_normal((k, 4, 5)), rng.standard_normal(5)
+    with jax.enable_x64(True):
+        ref = jax.lax.conv_general_dilated(jnp.asarray(x), jnp.asarray(w), (1,), "SAME",
+                                           dimension_numbers=("NWC", "WIO", "NWC")) + b
+        np.testing.assert_allclose(np.asarray(_conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))),
+                                   np.asarray(ref), rtol=1e-12, atol=1e-12)

@@ -9,9 +9,18 @@ from trainmap.models.mlp import ACTIVATIONS, Model, Params
 
 
 def _conv(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
-    """'SAME' 1-D convolution. x: (B, L, C_in), w: (k, C_in, C_out), b: (C_out,) -> (B, L, C_out)."""
-    y = jax.lax.conv_general_dilated(x, w, window_strides=(1,), padding="SAME",
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
+    """'SAME' 1-D convolution (cross-correlation, as ``lax.conv_general_dilated``).
+
+    x: (B, L, C_in), w: (k, C_in, C_out), b: (C_out,) -> (B, L, C_out). Written as k shifted
+    matrix products, y[:, l] = Σ_t x_pad[:, l + t] @ w[t], so that the products of a batch of
+    tangents (one kernel per probe vector) are batched matrix products. Through
+    ``lax.conv_general_dilated`` XLA on the CPU lowered them to grouped convolutions: one JᵀJ
+    product with 8 probes of the 5,170-parameter scaling-study CNN took 18.8 s that way and
+    1.7 s this way (the same values to float32 rounding).
+    """
+    k, L = w.shape[0], x.shape[1]
+    xp = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), (0, 0)))
+    y = sum(jnp.einsum("bli,io->blo", xp[:, t:t + L], w[t]) for t in range(k))
     return y + b
 
 
