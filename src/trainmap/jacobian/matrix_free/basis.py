@@ -235,13 +235,17 @@ class HalfBlocks:
         while len(self._exact) > self.keep:
             self.push_half(self._exact.pop(0))
 
-    def push_half(self, block: np.ndarray) -> np.ndarray:
-        """Round ``block`` to float16 as the next older block; returns the float16 copy."""
+    def push_half(self, block: np.ndarray) -> None:
+        """Round ``block`` to float16 as the next older block (``rounding`` records its error)."""
         h = np.asarray(block).astype(np.float16)
         err = np.linalg.norm(np.asarray(block, dtype=np.float64) - h.astype(np.float64), axis=1)
         self.rounding = max(self.rounding, float(err.max()) if err.size else 0.0)
         self._half.append(h)
-        return h
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The exact blocks' dtype, which the float16 ones are converted to when read."""
+        return self._exact[0].dtype if self._exact else np.dtype(np.float32)
 
     def half_block(self, j: int) -> np.ndarray:
         """The float16 copy of older block ``j`` (``j < half_count``)."""
@@ -250,13 +254,12 @@ class HalfBlocks:
     def __getitem__(self, j: int) -> np.ndarray:
         j = _index(j, len(self))
         if j < len(self._half):
-            return self._half[j].astype(self._exact[0].dtype if self._exact else np.float32)
+            return self._half[j].astype(self.dtype)
         return self._exact[j - len(self._half)]
 
     def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
-        dtype = self._exact[0].dtype if self._exact else np.float32
         for j, h in enumerate(self._half):
-            yield j * self._b, h.astype(dtype)
+            yield j * self._b, h.astype(self.dtype)
         for i, block in enumerate(self._exact):
             yield (len(self._half) + i) * self._b, block
 

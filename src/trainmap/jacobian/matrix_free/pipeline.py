@@ -217,13 +217,12 @@ class LanczosCheckpoint:
                 if f"Qh_{i:04d}.npy" not in self._sums:
                     self._write(f"Qh_{i:04d}.npy", blocks.half_block(i))
             self._rounding = blocks.rounding
-        for i in old:
-            for name in (f"Q_{i:04d}.npy", f"R_{i:04d}.npy"):
-                self._sums.pop(name, None)
+        stale = [f"{kind}_{i:04d}.npy" for i in old for kind in ("Q", "R")]
+        for name in stale:
+            self._sums.pop(name, None)
         self._write_progress(state.steps, compute_s)
-        for i in old:  # after the progress file: a resumed run never needs these
-            for name in (f"Q_{i:04d}.npy", f"R_{i:04d}.npy"):
-                (self.folder / name).unlink(missing_ok=True)
+        for name in stale:  # after the progress file: a resumed run never needs these
+            (self.folder / name).unlink(missing_ok=True)
 
     def _write_progress(self, steps: int, compute_s: float) -> None:
         prog = {"key": self.key, "steps": steps, "compute_s": compute_s, "checksums": self._sums}
@@ -347,7 +346,7 @@ def analyze_scale(
     # ------------------------------------------------------------------ block Lanczos
     op = TrainingOperator(recipe, th0_np, dtype=dt, segment=segment, devices=devices)
     V0 = rademacher(probes, P, seed, dt)
-    run_key = fingerprint(recipe, th0_np, dt, probes) + f"|seed={seed}"  # what every process must share
+    run_key = _run_key(recipe, th0_np, dt, probes, seed)
     key = run_key + ("" if full else f"|basis={basis}")  # the checkpoint's: the basis layout too
     ckpt = LanczosCheckpoint(folder.dir("checkpoint"), key, window=None if full else WINDOW, half=half)
     memory = MemoryBudget(memory_gb, basis, P * dt.itemsize, probes, rank * (4 if method == "lanczos" else 2),
@@ -477,8 +476,13 @@ def serve_scale(recipe: TrainingMap, theta0: Any, *, probes: int = 8, seed: int 
     with precision_context(dt):
         th0 = np.asarray(recipe.check_theta(jnp.asarray(theta0, dtype=dt)))
         op = TrainingOperator(recipe, th0, dtype=dt, segment=segment)
-        handshake(fingerprint(recipe, th0, dt, probes) + f"|seed={seed}")
+        handshake(_run_key(recipe, th0, dt, probes, seed))
         return serve_products(op.block_operator(), recipe.num_params, dt)
+
+
+def _run_key(recipe: TrainingMap, theta0: np.ndarray, dtype: np.dtype, probes: int, seed: int) -> str:
+    """What every process of a run must share: the run (recipe, θ₀, dtype), the probes and their seed."""
+    return fingerprint(recipe, theta0, dtype, probes) + f"|seed={seed}"
 
 
 @contextlib.contextmanager
