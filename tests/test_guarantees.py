@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from conftest import tiny_recipe
 from trainmap.cli import app
 from trainmap.jacobian import analyze, exact_jacobian
-from trainmap.jacobian.exact import CheckpointError
+from trainmap.jacobian.exact import CheckpointError, ChunkStore
 from trainmap.models import mlp
 from trainmap.recipe import flat_params, make_recipe
 from trainmap.results import FolderError, IntegrityError
@@ -251,14 +251,28 @@ def test_check_command_reports_an_edited_file(tmp_path):
 
 
 def test_check_command_passes_an_interrupted_run_and_its_chunk_checkpoint(tmp_path):
-    """The exact engine's chunk checkpoint keeps its own manifest.json: an interrupted, resumable
-    run is intact, not a broken results folder."""
+    """The exact engine's chunk checkpoint keeps its own record (chunks.json, not a results
+    folder's manifest.json): an interrupted, resumable run is intact, not a broken results folder;
+    a checkpoint from an earlier version, under manifest.json, is renamed and resumed."""
     recipe, theta0 = tiny_recipe()
     with pytest.raises(KeyboardInterrupt):
         analyze(recipe, theta0, tmp_path / "run", chunk_size=8, progress=False, stop_after=1)
-    assert (tmp_path / "run" / "checkpoint" / "manifest.json").exists()
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert (ckpt / "chunks.json").exists() and not (ckpt / "manifest.json").exists()
     res = runner.invoke(app, ["check", str(tmp_path / "run")])
     assert res.exit_code == 0 and "1 folder(s)/store(s) checked: intact" in res.output, res.output
+    (ckpt / "chunks.json").rename(ckpt / "manifest.json")  # as an earlier version left it
+    res = runner.invoke(app, ["check", str(tmp_path / "run")])
+    assert res.exit_code == 0 and "intact" in res.output, res.output
+    old = json.loads((ckpt / "manifest.json").read_text())
+    store = ChunkStore(ckpt, recipe.num_params, old["chunk"], np.dtype(old["dtype"]), old["fingerprint"])
+    store.open(resume=True)
+    assert (ckpt / "chunks.json").exists() and not (ckpt / "manifest.json").exists()
+    done = store.done()
+    assert len(done) == 1 and done == {int(k): v for k, v in old["checksums"].items()}
+    assert store.load(0, done[0]) is not None  # the finished chunk, read back checksummed
+    with pytest.raises(CheckpointError, match="different run"):  # the fingerprint came along too
+        ChunkStore(ckpt, recipe.num_params, old["chunk"], np.dtype(old["dtype"]), "other").open(resume=True)
 
 
 # ----------------------------------------------------------------------------- signals

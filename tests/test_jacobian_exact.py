@@ -121,7 +121,7 @@ def test_diverging_learning_rate_stops_and_keeps_chunks(tmp_path):
     recipe, theta0 = tiny_recipe(lr=1e30, momentum=None)
     with pytest.raises(TrainingDivergedError, match="NaN/inf"):
         exact_jacobian(recipe, theta0, chunk_size=6, checkpoint_dir=tmp_path / "ck", progress=False)
-    assert (tmp_path / "ck" / "manifest.json").exists()
+    assert (tmp_path / "ck" / "chunks.json").exists()
 
 
 def test_wrong_theta_shape_and_dtype(tiny):

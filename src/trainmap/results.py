@@ -218,8 +218,8 @@ def _read_manifest(out: Path) -> dict | None:
 def results_folders(root: str | Path) -> list[Path]:
     """``root`` and the folders below it that hold a results folder's ``manifest.json``, deepest first.
 
-    The exact engine's chunk checkpoint keeps a file of the same name (its keys ``fingerprint``
-    and ``checksums``); those are skipped, so an interrupted run is neither reported nor read as a
+    The exact engine's chunk checkpoint kept a file of the same name in earlier versions (its keys
+    ``fingerprint`` and ``checksums``; it is ``chunks.json`` now); those are skipped, so an interrupted run is neither reported nor read as a
     broken results folder. Any other manifest is kept, so that a damaged one is still found.
     """
     out = []

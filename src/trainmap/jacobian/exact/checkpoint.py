@@ -11,7 +11,9 @@ import numpy as np
 from trainmap._io import atomic_save_npy, atomic_write_json, load_npy, read_json
 from trainmap.protocol import TrainingMap
 
-MANIFEST = "manifest.json"
+MANIFEST = "chunks.json"
+#: the name earlier versions gave it, the same as a results folder's manifest (read, then renamed)
+_OLD_MANIFEST = "manifest.json"
 
 
 class CheckpointError(RuntimeError):
@@ -39,9 +41,11 @@ def array_sha256(a: np.ndarray) -> str:
 
 @dataclass
 class ChunkStore:
-    """Finished chunks of J's columns on disk: ``chunk_00000.npy`` ... plus ``manifest.json``.
+    """Finished chunks of J's columns on disk: ``chunk_00000.npy`` ... plus ``chunks.json``.
 
-    Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J (forward mode)
+    ``chunks.json`` records the computation's fingerprint and every finished chunk's SHA-256; a
+    checkpoint written by an earlier version under ``manifest.json`` is recognised by its keys
+    (not a results folder's manifest) and renamed when the store is opened. Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J (forward mode)
     or rows [i·K, i·K + K_i) of J (reverse mode; the fingerprint records the mode).
     """
 
@@ -61,8 +65,19 @@ class ChunkStore:
     def _manifest(self) -> dict:
         return read_json(self.folder / MANIFEST)
 
+    def _migrate(self) -> None:
+        """Rename an earlier version's ``manifest.json`` chunk record to ``chunks.json``."""
+        old = self.folder / _OLD_MANIFEST
+        if (self.folder / MANIFEST).exists() or not old.exists():
+            return
+        man = read_json(old)
+        if {"fingerprint", "chunk", "checksums"} <= set(man):  # ours, not a results manifest
+            atomic_write_json(self.folder / MANIFEST, man)
+            old.unlink()
+
     def open(self, resume: bool) -> None:
         """Create the folder, or check that an existing one belongs to this computation."""
+        self._migrate()
         man_path = self.folder / MANIFEST
         if man_path.exists():
             man = self._manifest()
