@@ -14,7 +14,8 @@ import pytest
 
 from conftest import tiny_recipe
 from test_slq_without_basis import RecordingMixin, _gapped
-from trainmap.jacobian.matrix_free.basis import HalfBlocks, MemoryBlocks, max_overlap
+from trainmap.jacobian.matrix_free import basis as basis_mod
+from trainmap.jacobian.matrix_free.basis import HalfBlocks, MemoryBlocks, combine, half_to_single, max_overlap
 from trainmap.jacobian.matrix_free.lanczos import (
     BlockLanczosState,
     block_lanczos,
@@ -56,6 +57,40 @@ def test_half_blocks_round_the_old_blocks_and_keep_the_last_two():
     assert max_overlap(W, h) == pytest.approx(float(np.abs(np.concatenate([G for _, G in swept]) @ W.T).max()))
     with pytest.raises(ValueError, match="at most 2 exact"):
         HalfBlocks(2, blocks=blocks)
+
+
+def test_half_to_single_is_numpys_cast_bit_for_bit_on_every_finite_float16():
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    h = bits[(bits & 0x7C00) != 0x7C00].view(np.float16).reshape(2, -1)  # subnormals, ±0 included
+    for src in (h, h[:, 1::3]):  # contiguous, and a strided column slice as the tiles are
+        out = half_to_single(src, np.empty(src.shape, np.float32))
+        np.testing.assert_array_equal(out.view(np.uint32), src.astype(np.float32).view(np.uint32))
+
+
+def test_half_products_and_updates_match_dense_float64_products_across_threads_and_tiles(monkeypatch):
+    monkeypatch.setattr(basis_mod, "_cores", lambda: 3)  # three column ranges in threads
+    monkeypatch.setattr(basis_mod, "_TILE_BYTES", 4096)  # several tiles in each
+    rng = np.random.default_rng(1)
+    P = 3 * 4096 + 77
+    h = HalfBlocks(2)
+    for _ in range(5):
+        h.append((rng.standard_normal((4, P)) / np.sqrt(P)).astype(np.float32))
+    Q = np.concatenate([G for _, G in h.sweep()]).astype(np.float64)  # 3 blocks rounded, 2 exact
+    assert h.half_count == 3 and np.abs(Q[:12] - Q[:12].astype(np.float16)).max() == 0
+    W = rng.standard_normal((3, P)).astype(np.float32)
+    np.testing.assert_allclose(h.products(W), Q @ W.T.astype(np.float64), rtol=0, atol=1e-5)
+    C = rng.standard_normal((20, 2))
+    out = rng.standard_normal((2, P)).astype(np.float32)
+    want = out + C.T @ Q
+    np.testing.assert_allclose(h.accumulate(C, out), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(combine(C, h, np.float32), C.T @ Q, rtol=0, atol=1e-5)
+    assert max_overlap(W, h) == pytest.approx(float(np.abs(Q @ W.T).max()), rel=1e-5)
+
+
+def test_half_blocks_refuse_entries_float16_cannot_hold():
+    for bad in (7e4, np.nan, np.inf):
+        with pytest.raises(ValueError, match="float16's range"):
+            HalfBlocks(0).append(np.array([[0.5, bad]], np.float32))
 
 
 def test_half_basis_keeps_orthogonality_and_gives_the_full_runs_counts_and_sigma():

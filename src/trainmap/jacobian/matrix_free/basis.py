@@ -23,10 +23,13 @@ dtype, without converting a block to another precision:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from trainmap._io import atomic_save_npy
 
@@ -185,6 +188,39 @@ class WindowBlocks:
             yield (self.first_kept + i) * self._b, block
 
 
+#: bytes of one converted tile of float16 rows (about a core's L2 cache)
+_TILE_BYTES = 1 << 21
+_TWO_112 = np.float32(2.0 ** 112)
+_CLEAR_EXTENSION = np.int32(0x8FFFFFFF - (1 << 32))  # keep the sign bit, clear bits 28-30
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def half_to_single(src: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write the finite float16 values ``src`` (any shape, any strides) into float32 ``out``, exactly.
+
+    The bits of a float16 value, sign-extended to 32 bits and shifted left by 13, are those of
+    the float32 value times 2⁻¹¹² once the three bits that the sign extension set above the
+    exponent (for negative values) are cleared; multiplying by 2¹¹² is then exact for every
+    finite float16, subnormals and signed zeros included. That is four vectorised passes over
+    ``out``; numpy's own float16 cast is a scalar loop, several times slower than a float32
+    matrix product over the same entries. Inf and NaN are not converted (a Krylov basis has
+    neither: :meth:`HalfBlocks.push_half` refuses them).
+
+    Returns:
+        ``out``.
+    """
+    x = out.view(np.int32)
+    np.copyto(x, src.view(np.int16), casting="unsafe")
+    np.left_shift(x, 13, out=x)
+    np.bitwise_and(x, _CLEAR_EXTENSION, out=x)
+    np.multiply(out, _TWO_112, out=out)
+    return out
+
+
 class HalfBlocks:
     """The last ``keep`` blocks exactly, every older block rounded to float16, all in memory.
 
@@ -196,22 +232,30 @@ class HalfBlocks:
     growing to 1 as it does with the neighbours alone (:class:`WindowBlocks`). Memory: 2 bytes per
     entry of the basis, a quarter of a float32 basis with its J-side blocks.
 
-    A sweep yields one block at a time, converted to the exact blocks' dtype.
+    The float16 rows live in one contiguous array. :meth:`products` and :meth:`accumulate`
+    (what reorthogonalisation and the Ritz vectors need) convert them a column tile at a time
+    (:data:`_TILE_BYTES`, with :func:`half_to_single`), one column range per core in threads, so
+    a converted copy never exceeds a tile per core and each entry is read once per call;
+    :meth:`sweep` yields one converted block at a time.
 
     Args:
         keep: blocks kept exactly (2: the recurrence's).
         half: a resumed run's older blocks in float16, oldest first.
         blocks: a resumed run's last exact blocks, oldest first (at most ``keep``).
+        capacity_blocks: float16 blocks to reserve address space for (the array grows past it).
     """
 
-    def __init__(self, keep: int = 2, half: list | None = None, blocks: list | None = None) -> None:
+    def __init__(self, keep: int = 2, half: list | None = None, blocks: list | None = None,
+                 capacity_blocks: int = 0) -> None:
         self.keep = int(keep)
-        self._half: list[np.ndarray] = [np.asarray(h, dtype=np.float16) for h in (half or [])]
+        self._half = MemoryBlocks(capacity_blocks)
+        for h in half or []:
+            self._half.append(np.asarray(h, dtype=np.float16))
         self._exact: list[np.ndarray] = [np.asarray(b) for b in (blocks or [])]
         if len(self._exact) > self.keep:
             raise ValueError(f"a resumed store holds at most {self.keep} exact blocks, got {len(self._exact)}")
-        first = (self._exact or self._half or [np.zeros((0, 0))])[0]
-        self._b = int(first.shape[0])
+        first = (self._exact or list(half or []) or [np.zeros((0, 0))])[0]
+        self._b = int(np.shape(first)[0])
         self.rounding = 0.0
 
     def __len__(self) -> int:
@@ -220,6 +264,11 @@ class HalfBlocks:
     @property
     def rows(self) -> int:
         return len(self) * self._b
+
+    @property
+    def columns(self) -> int:
+        """P, the length of every row."""
+        return int((self._exact or [self._half[0]])[0].shape[1]) if len(self) else 0
 
     @property
     def half_count(self) -> int:
@@ -237,8 +286,14 @@ class HalfBlocks:
 
     def push_half(self, block: np.ndarray) -> None:
         """Round ``block`` to float16 as the next older block (``rounding`` records its error)."""
-        h = np.asarray(block).astype(np.float16)
-        err = np.linalg.norm(np.asarray(block, dtype=np.float64) - h.astype(np.float64), axis=1)
+        block = np.asarray(block)
+        if block.size and not float(np.abs(block).max()) <= float(np.finfo(np.float16).max):  # NaN too
+            raise ValueError("a block has entries beyond float16's range (|x| > 65504) or not finite; "
+                             "a Krylov basis is orthonormal, so its rows cannot: use basis='full'")
+        h = block.astype(np.float16)
+        back = self._convert(h, np.empty(h.shape, dtype=self.dtype))
+        # block − back is exact in the block's dtype (back is block rounded to fewer bits)
+        err = np.linalg.norm((block - back).astype(np.float64), axis=1)
         self.rounding = max(self.rounding, float(err.max()) if err.size else 0.0)
         self._half.append(h)
 
@@ -248,20 +303,79 @@ class HalfBlocks:
         return self._exact[0].dtype if self._exact else np.dtype(np.float32)
 
     def half_block(self, j: int) -> np.ndarray:
-        """The float16 copy of older block ``j`` (``j < half_count``)."""
+        """The float16 copy of older block ``j`` (``j < half_count``), a view."""
         return self._half[j]
+
+    def _convert(self, src: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if out.dtype == np.float32:
+            return half_to_single(src, out)
+        np.copyto(out, src)
+        return out
+
+    def _tiles(self, cols: slice) -> Iterator[tuple[slice, np.ndarray]]:
+        """(columns, converted float16 rows (n_half, width)) for consecutive tiles of ``cols``."""
+        H = next(self._half.sweep())[1]
+        width = max(256, _TILE_BYTES // (self.dtype.itemsize * H.shape[0]))
+        buf = np.empty((H.shape[0], min(width, cols.stop - cols.start)), dtype=self.dtype)
+        for c in range(cols.start, cols.stop, width):
+            tile = slice(c, min(c + width, cols.stop))
+            yield tile, self._convert(H[:, tile], buf[:, : tile.stop - c])
+
+    def _over_columns(self, work: Callable[[slice], Any]) -> list:
+        """``work(cols)`` on one contiguous column range per core, in threads, each with a
+        single-threaded BLAS (numpy releases the GIL, so the conversions run in parallel too)."""
+        P = self.columns
+        parts = max(1, min(_cores(), P // 4096))
+        edges = [P * i // parts for i in range(parts + 1)]
+        ranges = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+        if parts == 1:
+            return [work(ranges[0])]
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(parts) as pool:
+            return list(pool.map(work, ranges))
+
+    def products(self, W: np.ndarray) -> np.ndarray:
+        """(rows, b) float64 ``Q Wᵀ`` against every stored row (the float16 ones as stored), W (b, P)."""
+        h = np.zeros((self.rows, W.shape[0]))
+        n = len(self._half) * self._b
+
+        def part(cols: slice) -> np.ndarray:
+            acc = np.zeros((n, W.shape[0]))
+            for tile, q in self._tiles(cols):
+                acc += q @ W[:, tile].T
+            return acc
+
+        if n:
+            h[:n] = sum(self._over_columns(part))
+        for i, block in enumerate(self._exact):
+            h[n + i * self._b:n + (i + 1) * self._b] = block @ W.T
+        return h
+
+    def accumulate(self, C: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out += Cᵀ Q`` in place, for coefficients C (rows, k) and out (k, P); returns ``out``."""
+        C = np.asarray(C, dtype=out.dtype)
+        n = len(self._half) * self._b
+        Ct = np.ascontiguousarray(C[:n].T)
+
+        def part(cols: slice) -> None:
+            for tile, q in self._tiles(cols):
+                out[:, tile] += Ct @ q
+
+        if n:
+            self._over_columns(part)
+        for i, block in enumerate(self._exact):
+            out += C[n + i * self._b:n + (i + 1) * self._b].T @ block
+        return out
 
     def __getitem__(self, j: int) -> np.ndarray:
         j = _index(j, len(self))
         if j < len(self._half):
-            return self._half[j].astype(self.dtype)
+            h = self._half[j]
+            return self._convert(h, np.empty(h.shape, dtype=self.dtype))
         return self._exact[j - len(self._half)]
 
     def sweep(self) -> Iterator[tuple[int, np.ndarray]]:
-        for j, h in enumerate(self._half):
-            yield j * self._b, h.astype(self.dtype)
-        for i, block in enumerate(self._exact):
-            yield (len(self._half) + i) * self._b, block
+        for j in range(len(self)):
+            yield j * self._b, self[j]
 
 
 def _index(j: int, n: int) -> int:
@@ -277,6 +391,11 @@ def _remove(W: np.ndarray, G: np.ndarray, total: np.ndarray, start: int) -> None
 
 
 def _sweep(W: np.ndarray, basis: BlockStore, total: np.ndarray) -> None:
+    if isinstance(basis, HalfBlocks):  # the whole store at once, a column tile at a time
+        h = basis.products(W)
+        basis.accumulate(-h, W)
+        total += h
+        return
     for start, G in basis.sweep():
         _remove(W, G, total, start)
 
@@ -289,7 +408,8 @@ def project_out(W: np.ndarray, basis: BlockStore, local: int = 2) -> np.ndarray:
     first removed a large part of a row (some row norm fell below 1/√2 of its value before the
     sweep: Kahan and Parlett's "twice is enough" test). Each sweep is one matrix product per row
     group in the basis dtype: in memory the whole basis is one group, on disk each block file is,
-    so a sweep reads every block once. A :class:`WindowBlocks` basis is swept twice (it holds
+    so a sweep reads every block once; a :class:`HalfBlocks` sweep is one pass over its column
+    tiles for the coefficients and one for the update. A :class:`WindowBlocks` basis is swept twice (it holds
     only the neighbours).
 
     Returns:
@@ -315,6 +435,8 @@ def project_out(W: np.ndarray, basis: BlockStore, local: int = 2) -> np.ndarray:
 
 def combine(coords: np.ndarray, basis: BlockStore, dtype: Any) -> np.ndarray:
     """Rows ``coordsᵀ Q`` (k, P) for coordinate columns ``coords`` (n, k), in ``dtype``."""
+    if isinstance(basis, HalfBlocks):
+        return basis.accumulate(coords, np.zeros((coords.shape[1], basis.columns), dtype=dtype))
     out: np.ndarray | None = None
     for start, G in basis.sweep():
         part = coords[start:start + G.shape[0]].T.astype(dtype) @ G
@@ -333,6 +455,9 @@ def max_overlap(W: np.ndarray, basis: BlockStore) -> float:
     For the next Lanczos block this measures its loss of orthogonality against the stored basis
     (against the stored copies, for :class:`HalfBlocks`: add its ``rounding`` for a bound on the
     exact rows)."""
+    if isinstance(basis, HalfBlocks):
+        h = basis.products(W)
+        return float(np.abs(h).max()) if h.size else 0.0
     worst = 0.0
     for _, G in basis.sweep():
         h = G @ W.T

@@ -386,7 +386,7 @@ def block_lanczos(apply: BlockOperator, probes: np.ndarray, steps: int, seed: in
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps * b > P:
         raise ValueError(f"steps·block = {steps * b} exceeds the dimension P = {P}; use fewer steps")
-    stores = {"full": None, "half": HalfBlocks(2), "window": WindowBlocks(2)}
+    stores = {"full": None, "half": HalfBlocks(2, capacity_blocks=steps), "window": WindowBlocks(2)}
     if basis not in stores:
         raise ValueError(f"basis must be one of {IN_MEMORY_BASES}, got {basis!r}")
     state = BlockLanczosState.start(probes, blocks=stores[basis])

@@ -135,7 +135,8 @@ class LanczosCheckpoint:
         b = probes.shape[0]
         stores: dict[str, Any] = {"blocks": MemoryBlocks(capacity), "side": MemoryBlocks(capacity)}
         if self.window is not None:
-            stores = {"blocks": HalfBlocks(self.window) if self.half else WindowBlocks(self.window)}
+            stores = {"blocks": HalfBlocks(self.window, capacity_blocks=capacity) if self.half
+                      else WindowBlocks(self.window)}
         elif on_disk:
             stores = {"blocks": DiskBlocks(self.folder, "Q", b), "side": DiskBlocks(self.folder, "side", b)}
         fresh = not resume or not self._progress_path().exists()
@@ -162,7 +163,7 @@ class LanczosCheckpoint:
             first = max(steps - self.window, 0)
             last = [self._read(self.folder / f"Q_{j:04d}.npy") for j in range(first, steps)]
             if self.half:
-                state.blocks = HalfBlocks(self.window, blocks=last, half=[
+                state.blocks = HalfBlocks(self.window, blocks=last, capacity_blocks=capacity, half=[
                     self._read(self.folder / f"Qh_{j:04d}.npy") for j in range(first)])
                 state.blocks.rounding = self._rounding
             else:
