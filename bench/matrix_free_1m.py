@@ -21,8 +21,9 @@ checkpoint exists):
 1,018,496 parameters) on modular addition mod 113 (30% of the pairs for training), batch 128,
 7 epochs = 203 steps; ``--optimizer sgd``: SGD with momentum 0.9, lr 0.05; ``--optimizer adam``
 (default): Adam 1e-3 with ``--eps-root`` (1e-8). With Adam, eps_root 1e-8 or 1e-12, the first
-block product JᵀJ·V is not finite in float32 for one of the 8 probes while J·V is (the reverse
-pass overflows), so the recorded run uses SGD.
+block product JᵀJ·V is not finite in float32 for one of the 8 probes while J·V is (the float32
+reverse pass breaks down: ``bench/transformer_adam_products.py``; the operator now recomputes such
+blocks in float64), so the recorded run uses SGD.
 
 Writes ``bench/results/matrix_free_1m.json``: wall time summed over resumed runs, peak resident
 memory against the ``--memory-gb`` budget, training metrics, estimated counts, top-20 σ with

@@ -15,6 +15,7 @@ import pytest
 from conftest import tiny_recipe
 from trainmap.jacobian.matrix_free import TrainingOperator
 from trainmap.jacobian.matrix_free.lanczos import block_lanczos, dense_operator, extreme_triplets, rademacher, ritz
+from trainmap.jacobian.matrix_free.operator import gram_consistent
 from trainmap.jacobian.matrix_free.pipeline import analyze_scale
 from trainmap.jacobian.matrix_free.slq import quadrature, slq_counts
 from trainmap.jacobian.regions import Thresholds
@@ -67,6 +68,47 @@ def test_float32_transpose_product_within_float_tolerance(tiny64):
     op = TrainingOperator(recipe, theta0, dtype=np.float32, devices=jax.devices()[:1])
     W = np.random.default_rng(2).normal(size=(4, recipe.num_params))
     np.testing.assert_allclose(op.rmatvec(W), W @ J, rtol=0, atol=2e-5 * np.abs(W @ J).max())
+
+
+def test_gram_consistency_flags_a_broken_row_not_rounding():
+    rng = np.random.default_rng(5)
+    J = _matrix_with_spectrum(np.r_[30.0, np.ones(38), 1e-4], 0)  # a stable direction: ‖J v‖ ≈ 0
+    V = rng.normal(size=(3, 40))
+    V = np.r_[V, np.linalg.svd(J)[2][-1:]]  # the row along σ = 1e-4
+    JV = (V @ J.T).astype(np.float32)
+    AV = (V @ J.T @ J).astype(np.float32)
+    JV[3] += (3e-5 * rng.normal(size=40)).astype(np.float32)  # rounding of ε·σ_max size: ‖J v‖² 10× off
+    assert gram_consistent(V, AV, JV).all()  # rounding passes, the stable row's too (the absolute part)
+    assert not gram_consistent(V, AV, JV, atol=0)[3]
+    broken = AV.copy()
+    broken[1] *= 1.05  # a reverse pass 5% off, still finite
+    broken[2, 0] = np.nan
+    np.testing.assert_array_equal(gram_consistent(V, broken, JV), [True, False, False, True])
+
+
+def test_a_float32_product_that_breaks_down_is_recomputed_in_float64(tiny64):
+    """Independent route: the dense float64 J. The float32 program is corrupted in one row (as the
+    Adam-trained transformer's reverse pass was); the operator notices and recomputes."""
+    recipe, theta0, J = tiny64
+    op = TrainingOperator(recipe, theta0, dtype=np.float32, devices=jax.devices()[:1])
+    clean = op._gram
+
+    def breaking(th, V):
+        AV, JV = clean(th, V)
+        if np.asarray(V).dtype == np.float32:
+            AV = np.array(AV)
+            AV[1] = np.nan
+        return AV, JV
+
+    op._gram = breaking
+    V = np.random.default_rng(4).normal(size=(3, recipe.num_params)).astype(np.float32)
+    AV, JV = op.gram(V)
+    assert op.float64_retries == 1 and AV.dtype == np.float32 and JV.dtype == np.float32
+    np.testing.assert_allclose(AV, V.astype(np.float64) @ J.T @ J, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(JV, V.astype(np.float64) @ J.T, rtol=1e-6, atol=1e-6)
+    op._gram = clean
+    op.gram(V)
+    assert op.float64_retries == 1  # a sound float32 product is returned as it is
 
 
 def test_checkpointed_train_equals_plain_train(tiny64):

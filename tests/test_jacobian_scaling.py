@@ -56,3 +56,25 @@ def test_study_covers_the_cnn_and_the_transformer(tmp_path):
     s = scaling_study(tmp_path / "s", pts, exact_max=1000, probes=4, steps=6, progress=False)
     assert {(r["family"], r["route"]) for r in s["points"]} == {("cnn", "exact"), ("transformer", "slq")}
     _check_rows(s["points"])
+
+
+def test_the_sgd_transformer_differs_from_the_adam_one_only_in_its_optimizer():
+    import jax
+    import jax.numpy as jnp
+
+    (adam, th_a, ev_a), (sgd, th_s, ev_s) = build(Point("transformer", 8, 1)), build(Point("transformer-sgd", 8, 1))
+    np.testing.assert_array_equal(th_a, th_s)  # same model and initialisation
+    np.testing.assert_array_equal(ev_a["train"][0], ev_s["train"][0])  # same data
+    np.testing.assert_array_equal(np.asarray(adam.batches), np.asarray(sgd.batches))  # same batch order
+    # one SGD-momentum step by hand (its first step is θ₀ − lr·g) is the recipe's first step
+    x, y = ev_s["train"]
+    idx = np.asarray(sgd.batches)[0]
+
+    def loss(th):
+        return sgd.loss(sgd.apply(sgd.unravel(th), jnp.asarray(x)[idx]), jnp.asarray(y)[idx])
+
+    want = th_s - 0.05 * np.asarray(jax.grad(loss)(jnp.asarray(th_s)))
+    got = np.asarray(sgd.step(sgd.init(jnp.asarray(th_s)), jnp.asarray(idx)).theta)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    first_adam = np.asarray(adam.step(adam.init(jnp.asarray(th_a)), jnp.asarray(idx)).theta)
+    assert np.abs(first_adam - th_a).max() == pytest.approx(1e-3, rel=1e-2)  # Adam's first step: lr·sign(g)

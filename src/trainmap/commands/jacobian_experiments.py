@@ -257,11 +257,12 @@ def register(app: typer.Typer) -> None:
     @app.command("scaling")
     def scaling(
         out: Path = typer.Option(Path("results/jacobian_scaling"), help="Results folder of the study."),
-        families: str = typer.Option("mlp,cnn,transformer", help="Comma-separated: mlp, cnn, transformer."),
+        families: str = typer.Option("mlp,cnn,transformer", help="Comma-separated: mlp, cnn, transformer "
+                                     "(Adam), transformer-sgd (the same with SGD momentum)."),
         mlp_widths: str = typer.Option("40,300,1000,3200", help="Hidden widths w of the digits MLP 64→w→w→10."),
         cnn_widths: str = typer.Option("20,64,256,512", help="Channels of the residual 1-D CNN on MNIST-1D."),
         transformer_widths: str = typer.Option("16,64,256,512", help="d_model of the 2-layer transformer on "
-                                               "modular addition."),
+                                               "modular addition (both transformer families)."),
         epochs: int = typer.Option(2, help="Training epochs of every model."),
         exact_max: int = typer.Option(10_000, help="Largest parameter count computed exactly (J and its SVD); "
                                       "larger models use the matrix-free SLQ route."),
@@ -279,6 +280,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--families takes {', '.join(FAMILIES)}; got {families!r}")
         widths = {"mlp": _ints(mlp_widths, "--mlp-widths"), "cnn": _ints(cnn_widths, "--cnn-widths"),
                   "transformer": _ints(transformer_widths, "--transformer-widths")}
+        widths["transformer-sgd"] = widths["transformer"]
         points = [Point(f, w, epochs) for f in fams for w in widths[f]]
         summary = _run(lambda: scaling_study(out, points, exact_max=exact_max, probes=probes,
                                              steps=lanczos_steps or None, resume=resume, overwrite=overwrite),

@@ -132,7 +132,7 @@ def scaling_figure(rows: Any) -> Any:
             are drawn filled, matrix-free estimates hollow with their error bars.
     """
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    markers = {"mlp": "o", "cnn": "s", "transformer": "^"}
+    markers = {"mlp": "o", "cnn": "s", "transformer": "^", "transformer-sgd": "v"}
     for fam in sorted({r["family"] for r in rows}):
         rs = sorted((r for r in rows if r["family"] == fam), key=lambda r: r["num_params"])
         P = np.array([r["num_params"] for r in rs], float)

@@ -18,6 +18,9 @@ The families (all trained on data generated or shipped locally):
   lr 0.05, batch 50.
 * ``transformer``: :func:`~trainmap.models.decoder` with d_model = w, 4 heads, MLP 4w, 2 layers,
   on modular addition mod 113 (30% of the pairs), Adam 1e-3 (eps_root 1e-12), batch 128.
+* ``transformer-sgd``: the same transformer, data and batches with SGD momentum 0.9, lr 0.05 (the
+  optimizer of ``bench/matrix_free_1m.py --model decoder --optimizer sgd``): whether what the
+  transformer's regions do with size is the architecture's or Adam's.
 
 The bulk's |cos(u, v)| (median over bulk singular pairs) needs the full SVD, so it is reported
 for exact points only; matrix-free points report their fractions with the SLQ error bars
@@ -38,9 +41,10 @@ from trainmap._progress import stage
 from trainmap.jacobian.regions import REGIONS, Thresholds
 from trainmap.results import mode_of, open_results
 
-FAMILIES = ("mlp", "cnn", "transformer")
+FAMILIES = ("mlp", "cnn", "transformer", "transformer-sgd")
 #: default widths per family: about 5k to 10M parameters (mlp), 3.4k to 3.2M (cnn), 10k to 6.4M (transformer)
-DEFAULT_WIDTHS = {"mlp": (40, 300, 1000, 3200), "cnn": (20, 64, 256, 512), "transformer": (16, 64, 256, 512)}
+DEFAULT_WIDTHS = {"mlp": (40, 300, 1000, 3200), "cnn": (20, 64, 256, 512), "transformer": (16, 64, 256, 512),
+                  "transformer-sgd": (16, 64, 256, 512)}
 
 CAPTIONS = {
     "scaling.png": "Training-Jacobian regions against the parameter count. Left: chaotic, bulk and stable "
@@ -85,14 +89,15 @@ def build(point: Point, seed: int = 0) -> tuple[Any, Any, dict[str, tuple[Any, A
         model = resnet1d(channels=point.width, blocks=2, kernel=3)
         x, y, test = d.x_train, d.y_train, (d.x_test, d.y_test)
         opt, batch = optax.sgd(0.05, momentum=0.9), 50
-    elif point.family == "transformer":
+    elif point.family in ("transformer", "transformer-sgd"):
         from trainmap.data import modular_addition
         from trainmap.models import decoder
 
         m = modular_addition(p=113, train_fraction=0.3, seed=seed)
         model = decoder(vocab=114, d_model=point.width, n_heads=4, d_mlp=4 * point.width, n_layers=2, n_out=113)
         x, y, test = m.x_train, m.y_train, (m.x_test, m.y_test)
-        opt, batch = optax.adam(1e-3, eps_root=1e-12), 128
+        opt = optax.adam(1e-3, eps_root=1e-12) if point.family == "transformer" else optax.sgd(0.05, momentum=0.9)
+        batch = 128
     else:
         raise ValueError(f"unknown family {point.family!r}; choose from {FAMILIES}")
     theta0, unravel = flat_params(model.init, seed)

@@ -57,6 +57,26 @@ def _kernels(recipe: TrainingMap, segment: int | None, mesh: Any) -> tuple[Calla
     return per_recipe[key]
 
 
+def gram_consistent(V: np.ndarray, AV: np.ndarray, JV: np.ndarray, rtol: float = 1e-2,
+                    atol: float = 1e-3) -> np.ndarray:
+    """(k,) bool: rows where the products satisfy vᵀ(JᵀJ v) = ‖J v‖² and are finite.
+
+    Reverse mode is the transpose of forward mode, so the two sides differ by rounding only; a
+    row fails when ``|vᵀ(JᵀJ v) − ‖J v‖²| > rtol·‖J v‖² + atol·‖v‖²`` (computed in float64), which
+    catches a reverse pass that broke down without becoming NaN. The absolute part keeps
+    directions with ‖J v‖ ≈ 0 (the stable end), whose relative rounding is large, from failing.
+
+    Args:
+        V, AV, JV: (k, P) probes, JᵀJ V and J V.
+    """
+    V64, AV64, JV64 = (np.asarray(a, np.float64) for a in (V, AV, JV))
+    with np.errstate(all="ignore"):
+        quad = np.einsum("ij,ij->i", V64, AV64)
+        n2 = np.einsum("ij,ij->i", JV64, JV64)
+        ok = np.abs(quad - n2) <= rtol * n2 + atol * np.einsum("ij,ij->i", V64, V64)
+    return ok & np.isfinite(AV64).all(axis=1) & np.isfinite(JV64).all(axis=1)
+
+
 class TrainingOperator:
     """J = ∂θ_T/∂θ₀ of a recipe as a matrix-free operator on blocks of row vectors.
 
@@ -85,6 +105,9 @@ class TrainingOperator:
             self.theta0 = np.asarray(recipe.check_theta(jnp.asarray(theta0, dtype=self.dtype)))
         self.mesh = vector_mesh(devices)
         self._jvp, self._vjp, self._gram = _kernels(recipe, segment, self.mesh)
+        self._may_retry = is_traceable(recipe) and jax.process_count() == 1
+        #: blocks of :meth:`gram` recomputed in float64 (their float32 rows failed the check)
+        self.float64_retries = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,10 +141,24 @@ class TrainingOperator:
             return self._vjp(self.theta0, W)
 
     def gram(self, V: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(JᵀJ V, J V), each (k, P), from one compiled forward + reverse program."""
+        """(JᵀJ V, J V), each (k, P), from one compiled forward + reverse program.
+
+        In float32 every row is checked against vᵀ(JᵀJ v) = ‖J v‖² (:func:`gram_consistent`; both
+        sides are at hand, so the check is free). The float32 reverse pass can break down where
+        the forward pass does not (an Adam-trained transformer: ``bench/transformer_adam_products.py``);
+        a block with a row that fails is then recomputed in float64 and returned in float32
+        (``float64_retries`` counts them). Not in a job of several processes, whose products are
+        collectives: there the row stays as computed (and the Lanczos step stops on a NaN).
+        """
         V = self._block(V, "V")
         with precision_context(self.dtype):
-            return self._gram(self.theta0, V)
+            AV, JV = self._gram(self.theta0, V)
+        if self.dtype == np.float32 and self._may_retry and not gram_consistent(V, AV, JV).all():
+            self.float64_retries += 1
+            with precision_context(np.float64):
+                AV, JV = self._gram(self.theta0.astype(np.float64), V.astype(np.float64))
+            AV, JV = np.asarray(AV, np.float32), np.asarray(JV, np.float32)
+        return AV, JV
 
     def to_scipy(self) -> Any:
         """J as a ``scipy.sparse.linalg.LinearOperator`` of shape (P, P), dtype ``self.dtype``.

@@ -439,7 +439,7 @@ def analyze_scale(
                           "product_s": product_s, "products_timed": products,
                           "bookkeeping_s": bookkeeping_s,
                           "bookkeeping_fraction_of_products": bookkeeping_s / product_s if product_s else None,
-                          "basis": memory.describe()}
+                          "float64_retries": op.float64_retries, "basis": memory.describe()}
     if not stored:
         summary["lanczos"]["orthogonality"] = {
             "basis_stored": False, "paige_estimate": orthogonality_loss(state),
@@ -637,6 +637,11 @@ def _warnings(s: dict, top: Any, bottom: Any, budget_hit: bool) -> list[str]:
             out.append(f"{r} count {c['count']:.0f} ± {c['std_err']:.0f} (probes) has a wide quadrature "
                        f"range [{lo:.0f}, {hi:.0f}]: few Ritz values lie near the region boundaries; "
                        "more Lanczos steps narrow it")
+    retries = s["lanczos"].get("float64_retries", 0)
+    if retries:
+        out.append(f"{retries} block product(s) were recomputed in float64: a float32 row failed "
+                   "vᵀ(JᵀJ v) = ‖J v‖² (the reverse pass broke down); the run's time includes them, and "
+                   "--dtype float64 avoids the float32 attempts")
     if budget_hit:
         out.append(f"stopped by the time budget after {s['lanczos']['steps']} of "
                    f"{s['lanczos']['steps_requested']} block steps; --resume continues")
