@@ -62,19 +62,21 @@ def gram_consistent(V: np.ndarray, AV: np.ndarray, JV: np.ndarray, rtol: float =
     """(k,) bool: rows where the products satisfy vᵀ(JᵀJ v) = ‖J v‖² and are finite.
 
     Reverse mode is the transpose of forward mode, so the two sides differ by rounding only; a
-    row fails when ``|vᵀ(JᵀJ v) − ‖J v‖²| > rtol·‖J v‖² + atol·‖v‖²`` (computed in float64), which
+    row fails when ``|vᵀ(JᵀJ v) − ‖J v‖²| > rtol·‖J v‖² + atol·‖v‖²`` (or is not finite), which
     catches a reverse pass that broke down without becoming NaN. The absolute part keeps
     directions with ‖J v‖ ≈ 0 (the stable end), whose relative rounding is large, from failing.
 
     Args:
         V, AV, JV: (k, P) probes, JᵀJ V and J V.
     """
-    V64, AV64, JV64 = (np.asarray(a, np.float64) for a in (V, AV, JV))
+    ok = np.zeros(len(V), dtype=bool)
     with np.errstate(all="ignore"):
-        quad = np.einsum("ij,ij->i", V64, AV64)
-        n2 = np.einsum("ij,ij->i", JV64, JV64)
-        ok = np.abs(quad - n2) <= rtol * n2 + atol * np.einsum("ij,ij->i", V64, V64)
-    return ok & np.isfinite(AV64).all(axis=1) & np.isfinite(JV64).all(axis=1)
+        for i, (v, av, jv) in enumerate(zip(V, AV, JV)):  # BLAS dots in the rows' dtype: no copies
+            v, av, jv = (np.asarray(a) for a in (v, av, jv))
+            n2 = float(jv @ jv)
+            ok[i] = bool(abs(float(v @ av) - n2) <= rtol * n2 + atol * float(v @ v)) \
+                and bool(np.isfinite(av).all() and np.isfinite(jv).all())
+    return ok
 
 
 class TrainingOperator:
