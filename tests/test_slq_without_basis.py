@@ -163,14 +163,14 @@ def test_a_non_finite_product_is_one_clear_error_that_names_the_reverse_pass():
     P = 50
     J = _matrix(np.linspace(0.5, 2, P), 3)
 
-    def apply(X):  # J·v finite, JᵀJ·v overflowed in the second row
+    def apply(X):  # J·v finite, JᵀJ·v broke down in the second row
         JX = X @ J.T
         out = JX @ J
         out[1, 3] = np.inf
         return out, JX
 
     state = BlockLanczosState.start(rademacher(3, P, 0))
-    with pytest.raises(FloatingPointError, match=r"1 of 3 vectors \(J·v itself was finite: the reverse pass"):
+    with pytest.raises(FloatingPointError, match=r"1 of 3 vectors \(J·v itself was finite: the float32 reverse pass broke down"):
         block_lanczos_step(state, apply)
     from trainmap.commands._common import USER_ERRORS
 
