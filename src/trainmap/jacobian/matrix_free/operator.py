@@ -146,8 +146,9 @@ class TrainingOperator:
         """(JᵀJ V, J V), each (k, P), from one compiled forward + reverse program.
 
         In float32 every row is checked against vᵀ(JᵀJ v) = ‖J v‖² (:func:`gram_consistent`; both
-        sides are at hand, so the check is free). The float32 reverse pass can break down where
-        the forward pass does not (an Adam-trained transformer: ``bench/transformer_adam_products.py``);
+        sides are at hand, so the check is free). The batched float32 reverse pass through the
+        decoder transformer returns wrong rows on JAX 0.10.2's CPU backend (``bench/gram_check.py``,
+        ``bench/transformer_adam_products.py``) while float64 is right;
         a block with a row that fails is then recomputed in float64 and returned in float32
         (``float64_retries`` counts them). Not in a job of several processes, whose products are
         collectives: there the row stays as computed (and the Lanczos step stops on a NaN).
