@@ -219,8 +219,9 @@ def results_folders(root: str | Path) -> list[Path]:
     """``root`` and the folders below it that hold a results folder's ``manifest.json``, deepest first.
 
     The exact engine's chunk checkpoint kept a file of the same name in earlier versions (its keys
-    ``fingerprint`` and ``checksums``; it is ``chunks.json`` now); those are skipped, so an interrupted run is neither reported nor read as a
-    broken results folder. Any other manifest is kept, so that a damaged one is still found.
+    ``fingerprint`` and ``checksums``; it is ``chunks.json`` now); those are skipped, so an
+    interrupted run is neither reported nor read as a broken results folder. Any other manifest is
+    kept, so that a damaged one is still found.
     """
     out = []
     for p in sorted(Path(root).rglob(MANIFEST), key=lambda p: (-len(p.parts), p)):

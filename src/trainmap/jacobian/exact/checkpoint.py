@@ -45,7 +45,9 @@ class ChunkStore:
 
     ``chunks.json`` records the computation's fingerprint and every finished chunk's SHA-256; a
     checkpoint written by an earlier version under ``manifest.json`` is recognised by its keys
-    (not a results folder's manifest) and renamed when the store is opened. Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J (forward mode)
+    (not a results folder's manifest) and renamed when the store is opened.
+
+    Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J (forward mode)
     or rows [i·K, i·K + K_i) of J (reverse mode; the fingerprint records the mode).
     """
 

@@ -409,8 +409,8 @@ def project_out(W: np.ndarray, basis: BlockStore, local: int = 2) -> np.ndarray:
     sweep: Kahan and Parlett's "twice is enough" test). Each sweep is one matrix product per row
     group in the basis dtype: in memory the whole basis is one group, on disk each block file is,
     so a sweep reads every block once; a :class:`HalfBlocks` sweep is one pass over its column
-    tiles for the coefficients and one for the update. A :class:`WindowBlocks` basis is swept twice (it holds
-    only the neighbours).
+    tiles for the coefficients and one for the update. A :class:`WindowBlocks` basis is swept
+    twice (it holds only the neighbours).
 
     Returns:
         (n, b) float64 coefficients ``Q Wᵀ`` summed over all projections (n basis rows), i.e. the
