@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,20 +53,22 @@ def padded_rows(k: int, mesh: Mesh) -> int:
     return -(-k // n) * n
 
 
-def shard_rows(fn: Callable[[jax.Array, jax.Array], Any], mesh: Mesh) -> Callable[[Any, np.ndarray], Any]:
+def shard_rows(fn: Callable[[jax.Array, jax.Array], Any], mesh: Mesh,
+               compiler_options: Mapping[str, str] | None = None) -> Callable[[Any, np.ndarray], Any]:
     """Distribute the rows of the second argument of ``fn`` over ``mesh``.
 
     Args:
         fn: ``fn(theta0 (P,), V (k, P)) -> pytree of arrays with leading axis k``; must treat the
             rows of V independently (e.g. a ``vmap``).
         mesh: from :func:`vector_mesh`.
+        compiler_options: XLA options for this program only (``jax.jit``'s ``compiler_options``).
 
     Returns:
         ``g(theta0, V)`` with the same outputs as ``fn`` (as NumPy arrays), computed with each
         device holding k / n_devices rows. Single-device meshes call a plain ``jit(fn)``.
     """
     if mesh.size == 1:
-        jfn = jax.jit(fn)
+        jfn = jax.jit(fn, compiler_options=compiler_options)
 
         def single(theta0: Any, V: np.ndarray) -> Any:
             return jax.tree_util.tree_map(np.asarray, jfn(jnp.asarray(theta0), jnp.asarray(V)))
@@ -74,7 +76,7 @@ def shard_rows(fn: Callable[[jax.Array, jax.Array], Any], mesh: Mesh) -> Callabl
         return single
 
     sharded = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(PS(), PS(AXIS)), out_specs=PS(AXIS),
-                                    check_vma=False))
+                                    check_vma=False), compiler_options=compiler_options)
     rows = NamedSharding(mesh, PS(AXIS))
     repl = NamedSharding(mesh, PS())
 

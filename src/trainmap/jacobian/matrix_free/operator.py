@@ -14,6 +14,10 @@
   residuals of one step are a few P floats plus the activations of one batch.
 * ``JᵀJ V``: both in one compiled program (returns J V too, for left singular vectors).
 
+The programs with a reverse pass are compiled without XLA's while-loop invariant code motion
+(:data:`REVERSE_PASS_OPTIONS`): with it, JAX 0.10.2's CPU backend returns wrong rows from the
+batched reverse pass through a scanned transformer training run (``bench/gram_check.py``).
+
 All products act on blocks of row vectors ``V: (k, P)`` and can be sharded over every JAX device
 along k (:mod:`trainmap.jacobian.matrix_free.distributed`).
 """
@@ -30,6 +34,13 @@ import numpy as np
 from trainmap.jacobian.matrix_free.distributed import shard_rows, vector_mesh
 from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.protocol import TrainingMap, is_traceable
+
+#: XLA options of the compiled Jᵀ W and JᵀJ V programs. XLA's ``while-loop-invariant-code-motion``
+#: pass miscompiles the vmapped reverse pass through ``lax.scan`` of a transformer's training steps on
+#: the CPU (JAX/jaxlib 0.10.2): rows 7 and up of a block of 16 come back 10-500% off while each row
+#: alone, float64 and the op-by-op (``jax.disable_jit``) run are right; disabling that one pass, or
+#: ``algsimp`` or ``cse`` before it, makes them right. MLPs and CNNs are not affected.
+REVERSE_PASS_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 # compiled kernels per recipe, so that operators built again for the same recipe (a resumed run,
 # tests) reuse XLA's compilation instead of tracing new closures
@@ -51,7 +62,8 @@ def _kernels(recipe: TrainingMap, segment: int | None, mesh: Any) -> tuple[Calla
             return vjp_f(theta0, JV), JV
 
         if is_traceable(recipe):
-            per_recipe[key] = (shard_rows(jvp_f, mesh), shard_rows(vjp_f, mesh), shard_rows(gram_f, mesh))
+            per_recipe[key] = (shard_rows(jvp_f, mesh), shard_rows(vjp_f, mesh, REVERSE_PASS_OPTIONS),
+                               shard_rows(gram_f, mesh, REVERSE_PASS_OPTIONS))
         else:  # another backend (torch): its own products on NumPy blocks, on its own device
             per_recipe[key] = (jvp_f, vjp_f, gram_f)
     return per_recipe[key]
