@@ -82,6 +82,21 @@ def test_edited_lanczos_checkpoints_are_refused(tmp_path):
         analyze_scale(recipe, theta0, tmp_path / "a", resume=True, **kw)
 
 
+def test_float64_retries_are_counted_across_a_resume(tmp_path, monkeypatch):
+    """Every float32 block is made to fail the check: the summary counts the blocks of both runs."""
+    from trainmap.jacobian.matrix_free import operator
+    from trainmap.jacobian.matrix_free.pipeline import analyze_scale
+
+    monkeypatch.setattr(operator, "gram_consistent", lambda V, AV, JV: np.zeros(len(V), bool))
+    recipe, theta0 = tiny_recipe()
+    kw = dict(method="slq", rank=2, probes=2, steps=5, progress=False, devices=jax.devices()[:1])
+    with pytest.raises(KeyboardInterrupt):
+        analyze_scale(recipe, theta0, tmp_path / "a", stop_after=3, **kw)
+    analyze_scale(recipe, theta0, tmp_path / "a", resume=True, **kw)
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["lanczos"]["steps_resumed"] == 3 and s["lanczos"]["float64_retries"] == 5
+
+
 def test_zarr_chunks_are_checksummed_and_missing_chunks_are_errors(tmp_path):
     from trainmap.record.store import PredictionTrajectory, Trajectory
 

@@ -118,6 +118,8 @@ class LanczosCheckpoint:
         self.folder, self.key, self.window, self.half = folder, key, window, half
         self._sums: dict[str, str] = {}
         self._rounding = 0.0
+        #: float32 blocks recomputed in float64 by the runs before this one (kept across resumes)
+        self.float64_retries_before = 0
 
     def _progress_path(self) -> Path:
         return self.folder / "progress.json"
@@ -155,6 +157,7 @@ class LanczosCheckpoint:
                                   "dtype changed); rerun without --resume or with --overwrite")
         self._sums = dict(prog.get("checksums", {}))
         self._rounding = float(prog.get("half_rounding", 0.0))
+        self.float64_retries_before = int(prog.get("float64_retries", 0))
         steps = int(prog["steps"])
         self._drop_unfinished(steps)
         if self.window is None and "Q_0000.npy" not in self._sums:  # written by an earlier version: Q_0 is the probes' QR
@@ -203,7 +206,8 @@ class LanczosCheckpoint:
             atomic_save_npy(self.folder / name, a)
         self._sums[name] = _sha(a)
 
-    def save_step(self, state: BlockLanczosState, compute_s: float) -> None:
+    def save_step(self, state: BlockLanczosState, compute_s: float, float64_retries: int = 0) -> None:
+        """Record the step just finished; ``float64_retries``: this run's retried blocks so far."""
         j = state.steps - 1
         if state.side:
             self._write(f"side_{j:04d}.npy", state.side[-1])
@@ -221,12 +225,13 @@ class LanczosCheckpoint:
         stale = [f"{kind}_{i:04d}.npy" for i in old for kind in ("Q", "R")]
         for name in stale:
             self._sums.pop(name, None)
-        self._write_progress(state.steps, compute_s)
+        self._write_progress(state.steps, compute_s, float64_retries)
         for name in stale:  # after the progress file: a resumed run never needs these
             (self.folder / name).unlink(missing_ok=True)
 
-    def _write_progress(self, steps: int, compute_s: float) -> None:
-        prog = {"key": self.key, "steps": steps, "compute_s": compute_s, "checksums": self._sums}
+    def _write_progress(self, steps: int, compute_s: float, float64_retries: int = 0) -> None:
+        prog = {"key": self.key, "steps": steps, "compute_s": compute_s, "checksums": self._sums,
+                "float64_retries": self.float64_retries_before + float64_retries}
         if self.half:
             prog["half_rounding"] = self._rounding
         atomic_write_json(self._progress_path(), prog)
@@ -378,7 +383,7 @@ def analyze_scale(
                 raise KeyboardInterrupt(f"stopped after {new} block steps (stop_after)")
             t0 = time.perf_counter()
             block_lanczos_step(state, step_apply, seed)
-            ckpt.save_step(state, spent + time.perf_counter() - t0)
+            ckpt.save_step(state, spent + time.perf_counter() - t0, op.float64_retries)
             spent += time.perf_counter() - t0
             new += 1
             if memory.check(state.steps, m):
@@ -439,7 +444,8 @@ def analyze_scale(
                           "product_s": product_s, "products_timed": products,
                           "bookkeeping_s": bookkeeping_s,
                           "bookkeeping_fraction_of_products": bookkeeping_s / product_s if product_s else None,
-                          "float64_retries": op.float64_retries, "basis": memory.describe()}
+                          "float64_retries": ckpt.float64_retries_before + op.float64_retries,
+                          "basis": memory.describe()}
     if not stored:
         summary["lanczos"]["orthogonality"] = {
             "basis_stored": False, "paige_estimate": orthogonality_loss(state),
