@@ -12,7 +12,7 @@ Then, for the SGD transformer (d = 16): the batched reverse pass Jᵀ W of 16 no
 one program against each probe alone (``segment=0``), in float32 and float64, compiled both ways,
 to tell a row that fails for its vector from one that fails for its place in the batch.
 
-    python bench/gram_check.py            # about six minutes
+    python bench/gram_check.py            # about four minutes
 """
 
 from __future__ import annotations

@@ -113,18 +113,18 @@ def test_a_float32_product_that_breaks_down_is_recomputed_in_float64(tiny64):
 
 def test_batched_float32_reverse_pass_through_a_transformer_is_right():
     """Independent route: the same block in float64. With XLA's default passes, rows 7 and up of
-    this block came back 10-500% off in float32 (``REVERSE_PASS_OPTIONS``); every row must now
+    this block came back up to 530% off in float32 (``REVERSE_PASS_OPTIONS``); every row must now
     match float64 to float32 rounding, and no block of ``gram`` may need the float64 retry."""
     from trainmap.jacobian.scaling import Point, build
 
     recipe, theta0, _ = build(Point("transformer-sgd", 16, 1))
     one = jax.devices()[:1]
     W = np.random.default_rng(0).choice([-1.0, 1.0], size=(16, recipe.num_params)) / np.sqrt(recipe.num_params)
-    got = TrainingOperator(recipe, theta0, dtype=np.float32, devices=one).rmatvec(W)
+    op = TrainingOperator(recipe, theta0, dtype=np.float32, devices=one)
+    got = op.rmatvec(W)
     ref = TrainingOperator(recipe, theta0, dtype=np.float64, devices=one).rmatvec(W)
     err = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
     assert err.max() < 1e-4, err
-    op = TrainingOperator(recipe, theta0, dtype=np.float32, devices=one)
     op.gram(W[:8])
     assert op.float64_retries == 0
 

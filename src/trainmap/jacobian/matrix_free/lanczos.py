@@ -166,8 +166,8 @@ def block_lanczos_step(state: BlockLanczosState, apply: BlockOperator, seed: int
     finite = np.isfinite(AQ).all(axis=1)
     if not finite.all():
         jx = "" if side is None or not np.isfinite(np.asarray(side)[~finite]).all() else \
-            " (J·v itself was finite: the float32 reverse pass broke down, as the batched one through a " \
-            "decoder transformer does; one process recomputes such a block in float64, several processes do not)"
+            " (J·v itself was finite: the float32 reverse pass broke down; one process recomputes such a " \
+            "block in float64, several processes do not)"
         raise FloatingPointError(f"JᵀJ·v is NaN/inf for {int((~finite).sum())} of {finite.size} vectors{jx}; "
                                  "the training run is not differentiable here in this precision (diverged?): "
                                  "lower the learning rate, or use --dtype float64")

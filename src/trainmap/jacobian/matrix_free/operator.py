@@ -37,7 +37,7 @@ from trainmap.protocol import TrainingMap, is_traceable
 
 #: XLA options of the compiled Jᵀ W and JᵀJ V programs. XLA's ``while-loop-invariant-code-motion``
 #: pass miscompiles the vmapped reverse pass through ``lax.scan`` of a transformer's training steps on
-#: the CPU (JAX/jaxlib 0.10.2): rows 7 and up of a block of 16 come back 10-500% off while each row
+#: the CPU (JAX/jaxlib 0.10.2): rows 5 and up of a block of 16 come back up to 680% off while each row
 #: alone, float64 and the op-by-op (``jax.disable_jit``) run are right; disabling that one pass, or
 #: ``algsimp`` or ``cse`` before it, makes them right. MLPs and CNNs are not affected.
 REVERSE_PASS_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
@@ -158,9 +158,8 @@ class TrainingOperator:
         """(JᵀJ V, J V), each (k, P), from one compiled forward + reverse program.
 
         In float32 every row is checked against vᵀ(JᵀJ v) = ‖J v‖² (:func:`gram_consistent`; both
-        sides are at hand, so the check is free). The batched float32 reverse pass through the
-        decoder transformer returns wrong rows on JAX 0.10.2's CPU backend (``bench/gram_check.py``,
-        ``bench/transformer_adam_products.py``) while float64 is right;
+        sides are at hand, so the check is free): a guard behind :data:`REVERSE_PASS_OPTIONS`, which
+        removes the one known cause (``bench/gram_check.py``, ``bench/transformer_adam_products.py``);
         a block with a row that fails is then recomputed in float64 and returned in float32
         (``float64_retries`` counts them). Not in a job of several processes, whose products are
         collectives: there the row stays as computed (and the Lanczos step stops on a NaN).
