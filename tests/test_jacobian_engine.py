@@ -183,3 +183,51 @@ def test_tanh_gelu_and_registered_activations_take_the_fast_mlp_path():
         assert plan.rules == "mlp" and plan.mlp.activation == act
         J = exact_jacobian(recipe, theta0, dtype=np.float64, chunk_size=8, progress=False)
         np.testing.assert_allclose(J, ref, rtol=0, atol=1e-12 * np.abs(ref).max(), err_msg=act)
+
+
+def _recipe_with_dead_inputs(opt):
+    """A 6→4→3 MLP whose inputs 1 and 4 are 0 in every example: 8 first-layer weights never act."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(24, 6)).astype(np.float32)
+    x[:, [1, 4]] = 0
+    y = rng.integers(0, 3, size=24).astype(np.int32)
+    model = mlp((6, 4, 3), activation="tanh")
+    theta0, unravel = flat_params(model.init, 0)
+    return make_recipe(model.apply, unravel, theta0.size, x, y, opt, batch_size=8, epochs=2,
+                       shuffle_seed=0), theta0
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_unit_columns_of_dead_inputs_are_certified_skipped_and_exact(tmp_path, monkeypatch, decay):
+    """The first-layer weights of always-zero inputs give columns e_j of J (plain SGD momentum):
+    the engine certifies them with its probe and does not compute them. With weight decay they
+    are not unit vectors; the probe fails and they are computed. Either way J equals float64
+    jacfwd, streamed or not, and a resumed run is bit-identical."""
+    from trainmap.jacobian.exact import driver
+
+    opt = optax.chain(optax.add_decayed_weights(decay), optax.sgd(0.1, momentum=0.9))
+    recipe, theta0 = _recipe_with_dead_inputs(opt)
+    plan = plan_engine(recipe, jnp.asarray(theta0))
+    leaves = jax.tree_util.tree_leaves(recipe.unravel(jnp.arange(theta0.size)))
+    first_w = next(  # the dead weights' flat indices, located independently
+        np.asarray(a) for a in leaves if np.ndim(a) == 2 and a.shape[0] == 6)
+    assert sorted(plan.unit_columns) == sorted(first_w[[1, 4]].ravel().tolist()), plan.unit_columns
+    seen = []
+    real_fill = driver._Directions.fill_units
+    monkeypatch.setattr(driver._Directions, "fill_units",
+                        lambda self, asm: (seen.append(self.certified), real_fill(self, asm))[1])
+    ref = _jacfwd64(recipe, theta0)
+    J = exact_jacobian(recipe, theta0, dtype=np.float64, chunk_size=5, progress=False)
+    np.testing.assert_allclose(J, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    units = list(plan.unit_columns)
+    eye = np.eye(theta0.size)[:, units]
+    assert np.array_equal(J[:, units], eye) == (decay == 0)
+    assert seen == [decay == 0]
+    full = exact_jacobian(recipe, theta0, chunk_size=5, progress=False, out=tmp_path / "J.npy")
+    with pytest.raises(KeyboardInterrupt):
+        exact_jacobian(recipe, theta0, chunk_size=5, checkpoint_dir=tmp_path / "ck", progress=False,
+                       stop_after=2)
+    resumed = exact_jacobian(recipe, theta0, chunk_size=5, checkpoint_dir=tmp_path / "ck", resume=True,
+                             progress=False)
+    assert np.asarray(full).tobytes() == resumed.tobytes()
+    np.testing.assert_allclose(resumed, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

@@ -48,7 +48,9 @@ class ChunkStore:
     (not a results folder's manifest) and renamed when the store is opened.
 
     Chunk i holds the (K_i, P) array whose rows are columns [i·K, i·K + K_i) of J (forward mode)
-    or rows [i·K, i·K + K_i) of J (reverse mode; the fingerprint records the mode).
+    or rows [i·K, i·K + K_i) of J (reverse mode; the fingerprint records the mode), or, when the
+    engine skips unit columns, J times the chunk's directions in the driver's order
+    (``_Directions``; the fingerprint records that too).
     """
 
     folder: Path
@@ -108,14 +110,16 @@ class ChunkStore:
         man["checksums"][str(i)] = array_sha256(block)
         atomic_write_json(self.folder / MANIFEST, man)
 
-    def load(self, i: int, checksum: str) -> np.ndarray | None:
+    def load(self, i: int, checksum: str, rows: int | None = None) -> np.ndarray | None:
         """Chunk i as saved, or None when its file was deleted (it is then recomputed).
+
+        ``rows`` is the chunk's expected row count (default: as many as columns ``i·K ..`` of J).
 
         Raises:
             CheckpointError: the file is corrupt (the message says to delete it and resume).
         """
         p = self.path(i)
-        rows = min(self.chunk, self.num_params - i * self.chunk)
+        rows = min(self.chunk, self.num_params - i * self.chunk) if rows is None else rows
         hint = f"delete {p.name} (the other chunks are kept) and resume to recompute it"
         if not p.exists():
             self.drop(i)

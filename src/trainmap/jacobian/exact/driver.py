@@ -99,24 +99,96 @@ def exact_jacobian(
             store.open(resume)
             if resume:  # a resumed run keeps the chunk size it started with
                 K = store.chunk
-        n_chunks = -(-P // K)
+        dirs = _Directions(P, K, np.asarray(plan.unit_columns, np.int64), dt)
         rows_of_J = plan.mode == "reverse"
         with _Assembler(P, dt, rows_of_J, out) as asm:
             done = store.done() if store is not None else {}
             for i, checksum in sorted(done.items()):
-                block = store.load(i, checksum)  # type: ignore[union-attr]
+                block = store.load(i, checksum, dirs.rows(i))  # type: ignore[union-attr]
                 if block is None:  # deleted by the user after a checksum failure: recompute it
                     del done[i]
                 else:
-                    asm.put(i * K, block)
-            todo = [i for i in range(n_chunks) if i not in done]
-            if todo:
-                _compute_chunks(recipe, theta0, plan, K, todo, asm, store, devices, progress,
+                    dirs.absorb(i, block, asm)
+            todo = [i for i in range(dirs.n_chunks(certified=True)) if i not in done]
+            if todo or dirs.uncertified(done):
+                _compute_chunks(recipe, theta0, plan, dirs, todo, done, asm, store, devices, progress,
                                 stop_after)
+            dirs.fill_units(asm)
             J = asm.finish()
         if store is not None and not keep_checkpoint:
             shutil.rmtree(store.folder, ignore_errors=True)
         return J
+
+
+class _Directions:
+    """The tangent directions of the chunks, in order, and the certificate of the unit columns.
+
+    The directions are e_j for every column j (rows in reverse mode), except the planned unit
+    columns (``EnginePlan.unit_columns``), which move to the end, and one probe in front: a fixed
+    random combination r of the unit columns. If J r = r exactly (chunk 0 shows it), the unit
+    columns' chunks are not computed and those columns are written as e_j. J r = r for a random
+    r means (J − I) vanishes on the unit columns with probability 1; the structural reason
+    (:func:`~trainmap.jacobian.exact.mlp_rules.dead_input_columns`) makes the result exact.
+    Otherwise (e.g. weight decay rescales them) they are computed like the others.
+    """
+
+    def __init__(self, P: int, K: int, units: np.ndarray, dtype: np.dtype) -> None:
+        self.P, self.K, self.units, self.dtype = P, K, units, dtype
+        if len(units):
+            live = np.setdiff1d(np.arange(P), units)
+            self.order = np.concatenate([[-1], live, units])  # -1: the probe
+            self.probe = np.zeros(P, dtype)
+            self.probe[units] = np.random.default_rng(0).uniform(1.0, 2.0, len(units))
+        else:
+            self.order, self.probe = np.arange(P), None
+        self.certified: bool | None = None if len(units) else False
+        self.computed = np.zeros(P, bool)
+
+    def n_chunks(self, certified: bool) -> int:
+        """Chunks needed when the unit columns are certified (skipped), or not."""
+        n = len(self.order) - (len(self.units) if certified and len(self.units) else 0)
+        return -(-n // self.K)
+
+    def uncertified(self, done: dict) -> list[int]:
+        """The chunks of unit-column candidates still to compute once the probe has failed."""
+        if self.certified is not False or not len(self.units):
+            return []
+        return [i for i in range(self.n_chunks(certified=True), self.n_chunks(certified=False))
+                if i not in done]
+
+    def rows(self, i: int) -> int:
+        """Rows of chunk i."""
+        return min(self.K, len(self.order) - i * self.K)
+
+    def matrix(self, i: int) -> np.ndarray:
+        """Chunk i's (K, P) directions (zero rows past the last)."""
+        idx = self.order[i * self.K: (i + 1) * self.K]
+        V = np.zeros((self.K, self.P), self.dtype)
+        unit = idx >= 0
+        V[np.flatnonzero(unit), idx[unit]] = 1
+        if not unit.all():
+            V[np.flatnonzero(~unit)] = self.probe
+        return V
+
+    def absorb(self, i: int, block: np.ndarray, asm: "_Assembler") -> None:
+        """Put chunk i's finished rows (``block``, (rows(i), P)) into ``asm``; check the probe."""
+        idx = self.order[i * self.K: i * self.K + len(block)]
+        unit = idx >= 0
+        if not unit.all():
+            self.certified = bool(np.array_equal(block[~unit][0], self.probe))
+        asm.put(idx[unit], block[unit])
+        self.computed[idx[unit]] = True
+
+    def fill_units(self, asm: "_Assembler") -> None:
+        """Write e_j for the certified unit columns no chunk computed."""
+        if not self.certified:
+            return
+        left = self.units[~self.computed[self.units]]
+        for start in range(0, len(left), self.K):
+            cols = left[start: start + self.K]
+            block = np.zeros((len(cols), self.P), self.dtype)
+            block[np.arange(len(cols)), cols] = 1
+            asm.put(cols, block)
 
 
 class _Assembler:
@@ -127,14 +199,17 @@ class _Assembler:
         self.writer = NpyStreamWriter(out, (P, P), dtype, fortran_order=not rows_of_J) if out else None
         self.J = None if out else np.empty((P, P), dtype=dtype)
 
-    def put(self, start: int, block: np.ndarray) -> None:
-        """Store ``block`` (n, P): rows (reverse) or columns (forward) ``start .. start + n`` of J."""
+    def put(self, index: np.ndarray, block: np.ndarray) -> None:
+        """Store ``block`` (n, P) as rows (reverse) or columns (forward) ``index`` (n,) of J."""
         if self.writer is not None:
-            self.writer.write(start, block)
+            # one write per run of consecutive indices
+            cuts = np.flatnonzero(np.diff(index) != 1) + 1
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(index)]):
+                self.writer.write(int(index[lo]), block[lo:hi])
         elif self.rows_of_J:
-            self.J[start: start + block.shape[0], :] = block
+            self.J[index, :] = block
         else:
-            self.J[:, start: start + block.shape[0]] = block.T
+            self.J[:, index] = block.T
 
     def finish(self) -> np.ndarray:
         if self.writer is None:
@@ -149,12 +224,14 @@ class _Assembler:
             self.writer.close()
 
 
-def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, K: int, todo: list[int],
-                    asm: _Assembler, store: ChunkStore | None, devices: Any, progress: bool,
-                    stop_after: int | None) -> None:
-    """Run the chunks ``todo`` of ``plan``, saving each to ``store`` (if any) and ``asm``."""
-    P, rows_of_J = recipe.num_params, asm.rows_of_J
+def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, dirs: _Directions,
+                    todo: list[int], done: dict, asm: _Assembler, store: ChunkStore | None, devices: Any,
+                    progress: bool, stop_after: int | None) -> None:
+    """Run the chunks ``todo`` of ``plan``, saving each to ``store`` (if any) and ``asm``; then,
+    if chunk 0's probe shows that the unit columns are not unit vectors, their chunks too."""
+    P, K, rows_of_J = recipe.num_params, dirs.K, asm.rows_of_J
     devs = _engine.resolve_devices(devices)
+    V_aval = jax.ShapeDtypeStruct((K, P), theta0.dtype)
     if plan.rules == "mlp":
         from trainmap.jacobian.exact import mlp_rules
 
@@ -164,7 +241,7 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, K:
         shapes, compile_primal = mlp_rules.planned_primal(recipe, plan.mlp, theta0)
         program = _engine.sharded(lambda k: mlp_rules.forward_columns(shapes, k), K, devs)
         if len(devs) == 1:
-            program = program.lower(shapes.args, jax.ShapeDtypeStruct((), jnp.int32)).compile()
+            program = program.lower(shapes.args, V_aval).compile()
             release_memory()
         run_primal = compile_primal()
         release_memory()
@@ -175,16 +252,7 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, K:
             (lambda k: _engine.forward_columns(sp, k))
         program, arg = _engine.sharded(local, K, devs), sp.residuals
     elif not is_traceable(recipe):  # another backend: its own jvp on chunks of basis vectors
-        dt = np.dtype(theta0.dtype)
-
-        def program(th: Any, start: Any) -> np.ndarray:
-            V = np.zeros((K, P), dtype=dt)
-            s0 = int(start)
-            n = min(K, P - s0)
-            V[np.arange(n), s0 + np.arange(n)] = 1
-            return recipe.jvp(th, V)
-
-        arg = np.asarray(theta0)
+        program, arg = recipe.jvp, np.asarray(theta0)
     else:
         program = _engine.sharded(lambda k: _jvp_columns(recipe.train, P, k), K, devs)
         arg = theta0
@@ -193,38 +261,46 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, K:
     jax.block_until_ready(arg)
     release_memory(full=True)
 
-    def launch(i: int) -> jax.Array:  # asynchronous: returns before the chunk is computed
-        return program(arg, jnp.asarray(i * K, jnp.int32))
+    def launch(i: int) -> Any:  # asynchronous: returns before the chunk is computed
+        V = dirs.matrix(i)
+        return program(arg, V if program is recipe.jvp else jnp.asarray(V))
 
     what = "rows" if rows_of_J else "columns"
     computed = 0
+
+    def run(todo: list[int], label: str) -> None:
+        nonlocal computed
+        with _progress(progress, len(todo), label) as advance:
+            pending = launch(todo[0])
+            for n_i, i in enumerate(todo):
+                if stop_after is not None and computed >= stop_after:
+                    raise KeyboardInterrupt(f"stopped after {computed} chunks (stop_after)")
+                current = pending
+                if n_i + 1 < len(todo) and (stop_after is None or computed + 1 < stop_after):
+                    pending = launch(todo[n_i + 1])  # queue the next chunk before reading this one
+                block = np.asarray(current)[:dirs.rows(i)]
+                if not np.all(np.isfinite(block)):
+                    raise TrainingDivergedError(
+                        f"chunk {i} of J's {what} contains NaN/inf: training is not "
+                        "differentiable along those directions (diverged or overflowed). Lower the "
+                        "learning rate or use float64. With Adam-like optimizers, parameters whose "
+                        "gradient is exactly 0 make sqrt(v) non-differentiable: pass eps_root > 0, "
+                        "e.g. optax.adam(lr, eps_root=1e-16). Finished chunks are kept."
+                    )
+                if store is not None:
+                    store.save(i, block)
+                dirs.absorb(i, block, asm)
+                # the first chunk ends the compilation; later ones leave their freed working memory
+                # in the arenas of whichever XLA threads ran them (trimming every chunk cost ~5%)
+                if computed % 8 == 0:
+                    release_memory(collect=computed == 0)
+                computed += 1
+                advance()
+
     label = (f"Jacobian {what} ({P} params, {K}/chunk, {plan.mode}, {plan.primal} primal, "
              f"{plan.rules} rules, {len(devs)} device(s))")
-    with _progress(progress, len(todo), label) as advance:
-        pending = launch(todo[0])
-        for n_i, i in enumerate(todo):
-            if stop_after is not None and computed >= stop_after:
-                raise KeyboardInterrupt(f"stopped after {computed} chunks (stop_after)")
-            current = pending
-            if n_i + 1 < len(todo) and (stop_after is None or computed + 1 < stop_after):
-                pending = launch(todo[n_i + 1])  # queue the next chunk before reading this one
-            rows = min(K, P - i * K)
-            block = np.asarray(current)[:rows]
-            if not np.all(np.isfinite(block)):
-                raise TrainingDivergedError(
-                    f"{what} {i * K}..{i * K + rows - 1} of J contain NaN/inf: training is not "
-                    "differentiable along those directions (diverged or overflowed). Lower the "
-                    "learning rate or use float64. With Adam-like optimizers, parameters whose "
-                    "gradient is exactly 0 make sqrt(v) non-differentiable: pass eps_root > 0, "
-                    "e.g. optax.adam(lr, eps_root=1e-16). Finished chunks are kept."
-                )
-            if store is not None:
-                store.save(i, block)
-            asm.put(i * K, block)
-            # the first chunk ends the compilation; later ones leave their freed working memory
-            # in the arenas of whichever XLA threads ran them (trimming every chunk cost ~5%)
-            if computed % 8 == 0:
-                release_memory(collect=computed == 0)
-            computed += 1
-            advance()
-
+    if todo:
+        run(todo, label)
+    extra = dirs.uncertified(done)
+    if extra:
+        run(extra, f"{label}: the {len(dirs.units)} unit-vector candidates, not certified")

@@ -92,11 +92,12 @@ def _tangent_zeros(sp: SharedPrimal, k: int) -> list:
 
 
 def forward_columns(sp: SharedPrimal, k: int) -> Callable[[list, jax.Array], jax.Array]:
-    """``f(residuals, start) -> (k, P)``: row r is column ``start + r`` of J (zero past P)."""
-    P, treedef = sp.num_params, sp.lin_treedef
+    """``f(residuals, V) -> (k, P)``: row r is J V[r] for the (k, P) tangents V (a basis vector
+    e_j gives column j of J)."""
+    treedef = sp.lin_treedef
 
-    def columns(res: list, start: jax.Array) -> jax.Array:
-        dtheta = jax.nn.one_hot(start + jnp.arange(k), P, dtype=sp.dtype)  # (k, P)
+    def columns(res: list, V: jax.Array) -> jax.Array:
+        dtheta = V
 
         def body(carry: tuple, r: list) -> tuple[tuple, None]:
             lin = jax.tree_util.tree_unflatten(treedef, r)
@@ -109,7 +110,8 @@ def forward_columns(sp: SharedPrimal, k: int) -> Callable[[list, jax.Array], jax
 
 
 def reverse_rows(sp: SharedPrimal, k: int) -> Callable[[list, jax.Array], jax.Array]:
-    """``f(residuals, start) -> (k, P)``: row r is row ``start + r`` of J (zero past P).
+    """``f(residuals, V) -> (k, P)``: row r is V[r] J for the (k, P) cotangents V (a basis vector
+    e_i gives row i of J).
 
     Cotangents run backwards through the transposed step linearisations.
     """
@@ -117,8 +119,8 @@ def reverse_rows(sp: SharedPrimal, k: int) -> Callable[[list, jax.Array], jax.Ar
     theta_aval = jax.ShapeDtypeStruct((P,), sp.dtype)
     float_avals = [jax.ShapeDtypeStruct(s, sp.dtype) for s in sp.layout.float_shapes]
 
-    def rows(res: list, start: jax.Array) -> jax.Array:
-        ct = jax.nn.one_hot(start + jnp.arange(k), P, dtype=sp.dtype)  # (k, P)
+    def rows(res: list, V: jax.Array) -> jax.Array:
+        ct = V
 
         def body(carry: tuple, r: list) -> tuple[tuple, None]:
             lin = jax.tree_util.tree_unflatten(treedef, r)
@@ -154,26 +156,22 @@ def sharded(local: Callable[[int], Callable], k: int, devices: Sequence[Any]) ->
     """A jitted chunk program of ``k`` directions split evenly over ``devices``.
 
     Args:
-        local: ``local(k_dev)`` builds the per-device program ``f(residuals, start) -> (k_dev, P)``.
+        local: ``local(k_dev)`` builds the per-device program ``f(residuals, V) -> (k_dev, P)`` of
+            ``k_dev`` directions ``V`` (k_dev, P).
         k: directions per chunk, a multiple of ``len(devices)``.
-        devices: the devices (a 1-D mesh, axis ``"k"``); residuals are replicated on each.
+        devices: the devices (a 1-D mesh, axis ``"k"``); residuals are replicated on each, the
+            directions split in order.
 
     Returns:
-        ``f(residuals, start) -> (k, P)``, rows in direction order.
+        ``f(residuals, V) -> (k, P)`` for directions V (k, P), rows in direction order.
     """
     n = len(devices)
     if k % n:
         raise ValueError(f"chunk size {k} is not a multiple of the {n} devices")
     if n == 1:
         return jax.jit(local(k))
-    k_dev = k // n
-    body = local(k_dev)
     mesh = Mesh(np.asarray(devices), ("k",))
-
-    def per_device(res: list, start: jax.Array) -> jax.Array:
-        return body(res, start + jax.lax.axis_index("k") * k_dev)
-
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec()),
+    return jax.jit(jax.shard_map(local(k // n), mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("k")),
                                  out_specs=PartitionSpec("k"), check_vma=False))
 
 

@@ -469,6 +469,30 @@ def mlp_rule(recipe: Recipe, spec: MLPSpec, dtype: Any) -> Callable:
     return rule
 
 
+def dead_input_columns(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> np.ndarray:
+    """Flat indices of the first layer's weights from inputs that are 0 in every training example.
+
+    Such a weight never enters a forward pass and its gradient is exactly 0 at every step, so the
+    network's tangent along it is exactly 0: unless the optimizer itself rescales or couples
+    parameters (weight decay, trust ratios), its column of J is the unit vector e_j. The driver
+    certifies that with one probe direction before skipping these columns
+    (:func:`~trainmap.jacobian.exact.driver.exact_jacobian`).
+
+    Returns:
+        (n,) int64 indices into θ, ascending (empty when every input feature is used).
+    """
+    x = np.asarray(recipe.inputs(theta0.dtype)[0])
+    dead = ~np.any(x.reshape(x.shape[0], -1) != 0, axis=0)  # (d_0,)
+    if not dead.any():
+        return np.zeros(0, np.int64)
+    view = spec.view or layer_view(recipe.unravel(theta0))
+    w, _, transposed = view.layers[0]
+    leaves = [np.zeros(np.shape(a), np.float32) for a in jax.tree_util.tree_leaves(recipe.unravel(theta0))]
+    leaves[w][...] = dead[None, :] if transposed else dead[:, None]
+    flat = np.asarray(ravel_pytree(jax.tree_util.tree_unflatten(view.treedef, leaves))[0])
+    return np.flatnonzero(flat).astype(np.int64)
+
+
 def residual_bytes(recipe: Recipe, spec: MLPSpec, theta0: jax.Array) -> int:
     """Bytes of the stored per-step residuals and the inputs (nothing is computed)."""
     shapes, _ = planned_primal(recipe, spec, theta0)
@@ -567,13 +591,13 @@ def _leaf_layouts(mp: MLPPrimal) -> tuple[list[_Leaf], list[_Leaf]]:
 
 
 def forward_columns(mp: MLPPrimal, k: int) -> Callable[[list, jax.Array], jax.Array]:
-    """``f(mp.args, start) -> (k, P)``: row r is column ``start + r`` of J (zero past P).
+    """``f(mp.args, V) -> (k, P)``: row r is J V[r] for the (k, P) tangents V (e_j: column j of J).
 
     The tangents run in :func:`_hvp`'s feature-major layout from the first step to the last
     (:func:`_leaf_layouts`); the optimizer's linearisation is applied per direction through
     ``vmap`` over each leaf's K axis.
     """
-    P, treedef, ptree = mp.num_params, mp.treedef, mp.view.treedef
+    treedef, ptree = mp.treedef, mp.view.treedef
     pl, sl = _leaf_layouts(mp)
     p_axes, s_axes = [s.k_axis for s in pl], [s.k_axis for s in sl]
     wb = [(w, b) for w, b, _ in mp.view.layers]
@@ -581,10 +605,9 @@ def forward_columns(mp: MLPPrimal, k: int) -> Callable[[list, jax.Array], jax.Ar
     def stored_form(layouts: list[_Leaf], leaves: list) -> list:
         return [s.slice_to_stored(a) for s, a in zip(layouts, leaves)]
 
-    def columns(args: list, start: jax.Array) -> jax.Array:
+    def columns(args: list, V: jax.Array) -> jax.Array:
         x, res = args[0], args[1:]
-        onehot = jax.nn.one_hot(start + jnp.arange(k), P, dtype=mp.dtype)
-        dp0 = [s.to_chunk(a) for s, a in zip(pl, jax.tree_util.tree_leaves(jax.vmap(mp.unravel)(onehot)))]
+        dp0 = [s.to_chunk(a) for s, a in zip(pl, jax.tree_util.tree_leaves(jax.vmap(mp.unravel)(V)))]
         df0 = [s.to_chunk(jnp.zeros((k, *sh), mp.dtype)) for s, sh in zip(sl, mp.layout.float_shapes)]
 
         def body(carry: tuple, r: list) -> tuple[tuple, None]:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from trainmap._io import release_memory
@@ -16,16 +15,13 @@ from trainmap.protocol import TrainingMap, is_traceable
 
 # ----------------------------------------------------------------------------- kernels
 def jvp_columns_fn(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
-    """A jitted ``f(theta0, start) -> (chunk, P)`` whose row r is column ``start + r`` of J.
+    """A jitted ``f(theta0, V) -> (chunk, P)`` whose row r is J V[r] for tangents V (chunk, P).
 
-    Rows past P (the padded tail of the last chunk) are zero: their tangent is the zero vector.
-    ``start`` is a traced scalar, so every chunk reuses one compiled program.
+    A basis vector e_j gives column j of J, a zero row (the padded tail of the last chunk) a
+    zero row; every chunk reuses one compiled program.
     """
 
-    def columns(theta0: jax.Array, start: jax.Array) -> jax.Array:
-        idx = start + jnp.arange(chunk)
-        tangents = jax.nn.one_hot(idx, num_params, dtype=theta0.dtype)  # (chunk, P); zero rows past P
-
+    def columns(theta0: jax.Array, tangents: jax.Array) -> jax.Array:
         def one(t: jax.Array) -> jax.Array:
             return jax.jvp(train, (theta0,), (t,))[1]
 
@@ -37,7 +33,7 @@ def jvp_columns_fn(train: Callable[[jax.Array], jax.Array], num_params: int, chu
 def bytes_per_chunk(train: Callable, theta0: jax.Array, chunk: int) -> int:
     """XLA's estimate of the memory (bytes) of one compiled chunk of ``chunk`` tangents."""
     fn = jvp_columns_fn(train, theta0.shape[0], chunk)
-    compiled = fn.lower(theta0, jnp.asarray(0, jnp.int32)).compile()
+    compiled = fn.lower(theta0, jax.ShapeDtypeStruct((chunk, theta0.shape[0]), theta0.dtype)).compile()
     mem = compiled.memory_analysis()
     if mem is None:  # some backends do not report; fall back to a crude estimate
         return int(8 * chunk * theta0.shape[0] * theta0.dtype.itemsize)
@@ -92,6 +88,9 @@ class EnginePlan:
             recognised MLP recipes, forward mode with shared primal) or ``"autodiff"`` (JAX's
             linearisation of the recipe's step).
         mlp: the recognised MLP (``rules == "mlp"``), else None.
+        unit_columns: columns expected to be unit vectors e_j
+            (:func:`~trainmap.jacobian.exact.mlp_rules.dead_input_columns`): the driver certifies
+            them with one probe direction and then does not compute them.
     """
 
     mode: str
@@ -101,16 +100,18 @@ class EnginePlan:
     residual_bytes: int
     rules: str = "autodiff"
     mlp: Any = None
+    unit_columns: tuple[int, ...] = ()
 
     @property
     def signature(self) -> str:
         """What, besides the inputs, determines a chunk's bits (part of the checkpoint fingerprint)."""
-        return f"engine={self.mode}|{self.primal}|{self.rules}|devices={self.n_devices}"
+        sig = f"engine={self.mode}|{self.primal}|{self.rules}|devices={self.n_devices}"
+        return sig + (f"|unit_columns={len(self.unit_columns)}" if self.unit_columns else "")
 
 
 def _jvp_columns(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
     inner = jvp_columns_fn(train, num_params, chunk)
-    return lambda theta0, start: inner(theta0, start)
+    return lambda theta0, V: inner(theta0, V)
 
 
 def plan_engine(
@@ -135,7 +136,9 @@ def plan_engine(
       per device) for the shared primal, or is the largest that fits the budget (at most 128)
       otherwise; either way it is rounded up to a multiple of the device count.
     * With ``specialize`` (default), forward mode with a shared primal uses the hand-derived MLP
-      tangent rules when :func:`~trainmap.jacobian.exact.mlp_rules.detect_mlp` recognises the recipe.
+      tangent rules when :func:`~trainmap.jacobian.exact.mlp_rules.detect_mlp` recognises the recipe;
+      the first-layer weights of inputs that are 0 in every training example are then planned as
+      unit columns (``unit_columns``), certified and skipped by the driver.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -188,7 +191,8 @@ def plan_engine(
     else:
         K = choose_chunk_size(recipe.train, theta0, budget)
     K = -(-K // n) * n
+    units = () if spec is None else tuple(int(j) for j in mlp_rules.dead_input_columns(recipe, spec, theta0))
     release_memory()  # tracing and the detection's compilations leave freed heap behind
-    return EnginePlan(mode, primal, K, n, rb, "mlp" if spec is not None else "autodiff", spec)
+    return EnginePlan(mode, primal, K, n, rb, "mlp" if spec is not None else "autodiff", spec, units)
 
 
