@@ -1,12 +1,15 @@
 """Write ``baseline_singular_values.npz``: singular values of small runs, one per engine route.
 
 The file pins the numbers that every refactoring must reproduce bit for bit
-(``tests/test_baseline.py``). Regenerate it only when a change is *meant* to alter the numbers,
+(``tests/test_baseline.py``): the SHA-256 of each route's J, and its singular values (which
+float64 LAPACK reproduces only to its own rounding, about 1e-15 σ_max, since OpenBLAS picks its
+kernels by CPU). Regenerate it only when a change is *meant* to alter the numbers,
 and say so in the commit message: ``python tests/data/make_baseline.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +31,20 @@ ROUTES = {
 SETUP = dict(hidden=8, epochs=2, **TORCH_DEFAULTS)
 
 
-def singular_values(route: str) -> np.ndarray:
-    """σ of J for one route on :data:`SETUP`, in J's own dtype, descending."""
+def jacobian(route: str) -> np.ndarray:
+    """J for one route on :data:`SETUP`, in its own dtype."""
     setup = digits_mlp(**SETUP)
     kw = dict(ROUTES[route])
-    J = exact_jacobian(setup.recipe, setup.theta0, chunk_size=64, progress=False, **kw)
+    return np.asarray(exact_jacobian(setup.recipe, setup.theta0, chunk_size=64, progress=False, **kw))
+
+
+def sha256(J: np.ndarray) -> str:
+    """SHA-256 of J's bytes (C order): pins every bit of what the engine computed."""
+    return hashlib.sha256(np.ascontiguousarray(J).tobytes()).hexdigest()
+
+
+def singular_values(J: np.ndarray) -> np.ndarray:
+    """σ of J (float64 SVD), descending."""
     return np.linalg.svd(np.asarray(J, dtype=np.float64), compute_uv=False)
 
 
@@ -48,7 +60,10 @@ def gram_products() -> np.ndarray:
 
 def main() -> None:
     out = Path(__file__).with_name("baseline_singular_values.npz")
-    arrays = {name: singular_values(name) for name in ROUTES}
+    arrays: dict = {}
+    for name in ROUTES:
+        J = jacobian(name)
+        arrays[name], arrays[f"{name}_sha256"] = singular_values(J), np.array(sha256(J))
     arrays["matrix_free_gram"] = gram_products()
     np.savez(out, **arrays)
     print(f"wrote {out}")
