@@ -261,9 +261,11 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, di
     jax.block_until_ready(arg)
     release_memory(full=True)
 
+    host = not is_traceable(recipe)  # the other backend takes NumPy directions
+
     def launch(i: int) -> Any:  # asynchronous: returns before the chunk is computed
         V = dirs.matrix(i)
-        return program(arg, V if program is recipe.jvp else jnp.asarray(V))
+        return program(arg, V if host else jnp.asarray(V))
 
     what = "rows" if rows_of_J else "columns"
     computed = 0
