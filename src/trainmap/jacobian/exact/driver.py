@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from trainmap._io import NpyStreamWriter, load_npy, release_memory
 from trainmap._progress import progress as _progress
 from trainmap.jacobian.exact import engine as _engine
 from trainmap.jacobian.exact.checkpoint import ChunkStore, fingerprint
-from trainmap.jacobian.exact.plan import EnginePlan, _jvp_columns, plan_engine
+from trainmap.jacobian.exact.plan import EnginePlan, jvp_columns_fn, plan_engine
 from trainmap.jacobian.precision import check_dtype, precision_context
 from trainmap.protocol import TrainingMap, is_traceable
 from trainmap.recipe import TrainingDivergedError
@@ -141,28 +141,32 @@ class _Directions:
             self.probe[units] = np.random.default_rng(0).uniform(1.0, 2.0, len(units))
         else:
             self.order, self.probe = np.arange(P), None
-        self.certified: bool | None = None if len(units) else False
-        self.computed = np.zeros(P, bool)
+        #: None until chunk 0's probe is read (and always None without unit columns)
+        self.certified: bool | None = None
 
     def n_chunks(self, certified: bool) -> int:
         """Chunks needed when the unit columns are certified (skipped), or not."""
-        n = len(self.order) - (len(self.units) if certified and len(self.units) else 0)
+        n = len(self.order) - (len(self.units) if certified else 0)
         return -(-n // self.K)
 
     def uncertified(self, done: dict) -> list[int]:
         """The chunks of unit-column candidates still to compute once the probe has failed."""
-        if self.certified is not False or not len(self.units):
+        if self.certified is not False:
             return []
         return [i for i in range(self.n_chunks(certified=True), self.n_chunks(certified=False))
                 if i not in done]
 
+    def index(self, i: int) -> np.ndarray:
+        """Chunk i's directions: column (row) indices, -1 for the probe."""
+        return self.order[i * self.K: (i + 1) * self.K]
+
     def rows(self, i: int) -> int:
         """Rows of chunk i."""
-        return min(self.K, len(self.order) - i * self.K)
+        return len(self.index(i))
 
     def matrix(self, i: int) -> np.ndarray:
         """Chunk i's (K, P) directions (zero rows past the last)."""
-        idx = self.order[i * self.K: (i + 1) * self.K]
+        idx = self.index(i)
         V = np.zeros((self.K, self.P), self.dtype)
         unit = idx >= 0
         V[np.flatnonzero(unit), idx[unit]] = 1
@@ -172,18 +176,18 @@ class _Directions:
 
     def absorb(self, i: int, block: np.ndarray, asm: "_Assembler") -> None:
         """Put chunk i's finished rows (``block``, (rows(i), P)) into ``asm``; check the probe."""
-        idx = self.order[i * self.K: i * self.K + len(block)]
+        idx = self.index(i)
         unit = idx >= 0
         if not unit.all():
             self.certified = bool(np.array_equal(block[~unit][0], self.probe))
         asm.put(idx[unit], block[unit])
-        self.computed[idx[unit]] = True
 
     def fill_units(self, asm: "_Assembler") -> None:
-        """Write e_j for the certified unit columns no chunk computed."""
+        """Write e_j for the certified unit columns no chunk computed (those past the chunks that
+        :meth:`n_chunks` counts when certified: only unit columns sit there)."""
         if not self.certified:
             return
-        left = self.units[~self.computed[self.units]]
+        left = self.order[self.n_chunks(certified=True) * self.K:]
         for start in range(0, len(left), self.K):
             cols = left[start: start + self.K]
             block = np.zeros((len(cols), self.P), self.dtype)
@@ -232,6 +236,7 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, di
     P, K, rows_of_J = recipe.num_params, dirs.K, asm.rows_of_J
     devs = _engine.resolve_devices(devices)
     V_aval = jax.ShapeDtypeStruct((K, P), theta0.dtype)
+    as_input: Callable = jnp.asarray  # the chunk's directions, as the program takes them
     if plan.rules == "mlp":
         from trainmap.jacobian.exact import mlp_rules
 
@@ -252,20 +257,17 @@ def _compute_chunks(recipe: TrainingMap, theta0: jax.Array, plan: EnginePlan, di
             (lambda k: _engine.forward_columns(sp, k))
         program, arg = _engine.sharded(local, K, devs), sp.residuals
     elif not is_traceable(recipe):  # another backend: its own jvp on chunks of basis vectors
-        program, arg = recipe.jvp, np.asarray(theta0)
+        program, arg, as_input = recipe.jvp, np.asarray(theta0), np.asarray
     else:
-        program = _engine.sharded(lambda k: _jvp_columns(recipe.train, P, k), K, devs)
+        program = _engine.sharded(lambda k: jvp_columns_fn(recipe.train), K, devs)
         arg = theta0
     # wait for the primal pass (dispatch is asynchronous) so that its working memory is freed
     # before the chunk program compiles, instead of both peaking together
     jax.block_until_ready(arg)
     release_memory(full=True)
 
-    host = not is_traceable(recipe)  # the other backend takes NumPy directions
-
     def launch(i: int) -> Any:  # asynchronous: returns before the chunk is computed
-        V = dirs.matrix(i)
-        return program(arg, V if host else jnp.asarray(V))
+        return program(arg, as_input(dirs.matrix(i)))
 
     what = "rows" if rows_of_J else "columns"
     computed = 0

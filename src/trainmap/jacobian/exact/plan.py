@@ -14,8 +14,8 @@ from trainmap.protocol import TrainingMap, is_traceable
 
 
 # ----------------------------------------------------------------------------- kernels
-def jvp_columns_fn(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
-    """A jitted ``f(theta0, V) -> (chunk, P)`` whose row r is J V[r] for tangents V (chunk, P).
+def jvp_columns_fn(train: Callable[[jax.Array], jax.Array]) -> Callable:
+    """A jitted ``f(theta0, V) -> (k, P)`` whose row r is J V[r] for tangents V (k, P).
 
     A basis vector e_j gives column j of J, a zero row (the padded tail of the last chunk) a
     zero row; every chunk reuses one compiled program.
@@ -32,7 +32,7 @@ def jvp_columns_fn(train: Callable[[jax.Array], jax.Array], num_params: int, chu
 
 def bytes_per_chunk(train: Callable, theta0: jax.Array, chunk: int) -> int:
     """XLA's estimate of the memory (bytes) of one compiled chunk of ``chunk`` tangents."""
-    fn = jvp_columns_fn(train, theta0.shape[0], chunk)
+    fn = jvp_columns_fn(train)
     compiled = fn.lower(theta0, jax.ShapeDtypeStruct((chunk, theta0.shape[0]), theta0.dtype)).compile()
     mem = compiled.memory_analysis()
     if mem is None:  # some backends do not report; fall back to a crude estimate
@@ -107,11 +107,6 @@ class EnginePlan:
         """What, besides the inputs, determines a chunk's bits (part of the checkpoint fingerprint)."""
         sig = f"engine={self.mode}|{self.primal}|{self.rules}|devices={self.n_devices}"
         return sig + (f"|unit_columns={len(self.unit_columns)}" if self.unit_columns else "")
-
-
-def _jvp_columns(train: Callable[[jax.Array], jax.Array], num_params: int, chunk: int) -> Callable:
-    inner = jvp_columns_fn(train, num_params, chunk)
-    return lambda theta0, V: inner(theta0, V)
 
 
 def plan_engine(
