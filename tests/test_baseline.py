@@ -23,7 +23,7 @@ BASELINE = np.load(Path(__file__).parent / "data" / "baseline_singular_values.np
 @pytest.mark.parametrize("route", sorted(make_baseline.ROUTES))
 def test_jacobian_bit_identical_and_singular_values_equal(route):
     J = make_baseline.jacobian(route)
-    assert make_baseline.sha256(J) == str(BASELINE[f"{route}_sha256"]), route
+    assert make_baseline.array_sha256(J) == str(BASELINE[f"{route}_sha256"]), route
     ref = BASELINE[route]
     np.testing.assert_allclose(make_baseline.singular_values(J), ref, rtol=0, atol=1e-13 * ref[0])
 

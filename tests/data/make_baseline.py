@@ -9,12 +9,12 @@ and say so in the commit message: ``python tests/data/make_baseline.py``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from trainmap.jacobian import exact_jacobian
+from trainmap.jacobian.exact.checkpoint import array_sha256
 from trainmap.presets import TORCH_DEFAULTS, digits_mlp
 
 #: route name -> keyword arguments of exact_jacobian
@@ -38,11 +38,6 @@ def jacobian(route: str) -> np.ndarray:
     return np.asarray(exact_jacobian(setup.recipe, setup.theta0, chunk_size=64, progress=False, **kw))
 
 
-def sha256(J: np.ndarray) -> str:
-    """SHA-256 of J's bytes (C order): pins every bit of what the engine computed."""
-    return hashlib.sha256(np.ascontiguousarray(J).tobytes()).hexdigest()
-
-
 def singular_values(J: np.ndarray) -> np.ndarray:
     """σ of J (float64 SVD), descending."""
     return np.linalg.svd(np.asarray(J, dtype=np.float64), compute_uv=False)
@@ -63,7 +58,7 @@ def main() -> None:
     arrays: dict = {}
     for name in ROUTES:
         J = jacobian(name)
-        arrays[name], arrays[f"{name}_sha256"] = singular_values(J), np.array(sha256(J))
+        arrays[name], arrays[f"{name}_sha256"] = singular_values(J), np.array(array_sha256(J))
     arrays["matrix_free_gram"] = gram_products()
     np.savez(out, **arrays)
     print(f"wrote {out}")
