@@ -83,14 +83,17 @@ def test_authors_statistics_count_and_median_near_one():
         authors_statistics(S, cos, tolerances=[0.1, 0])
 
 
-def test_svd_tries_the_transpose_then_j_then_float64_gesdd(monkeypatch):
-    """float32 gesdd runs on Jᵀ, then J, then float64 (fast and as accurate), not with gesvd; each
-    route gives the same factorisation of J."""
+def test_where_dsyevr_fails_svd_tries_gesdd_on_the_transpose_then_j_then_float64(monkeypatch):
+    """Where the float32 Gram route's dsyevr fails, float32 gesdd runs on Jᵀ, then J, then float64
+    (fast and as accurate), not with gesvd; each route gives the same factorisation of J."""
     import scipy.linalg
 
     from trainmap.jacobian import regions
 
     real = scipy.linalg.svd
+    real_syevr = regions.scipy.linalg.lapack.dsyevr
+    monkeypatch.setattr(regions.scipy.linalg.lapack, "dsyevr",
+                        lambda *a, **k: (*real_syevr(*a, **k)[:4], 1))  # info = 1: not converged
     J = np.random.default_rng(0).normal(size=(20, 20)).astype(np.float32)
     ref = np.linalg.svd(J.astype(np.float64), compute_uv=False)
     for failing, expected in ((0, [(np.float32, True)]),
@@ -163,8 +166,8 @@ def test_a_memory_mapped_j_is_read_in_slabs_and_gives_the_same_factors(tmp_path,
     seen = []
     real = regions._row_slabs
 
-    def counting(A):
-        for r0, slab in real(A):
+    def counting(A, *args):
+        for r0, slab in real(A, *args):
             seen.append((r0, slab.shape[0]))
             yield r0, slab
 
@@ -175,6 +178,38 @@ def test_a_memory_mapped_j_is_read_in_slabs_and_gives_the_same_factors(tmp_path,
     for a, b in ((dec.S, ref.S), (dec.U, ref.U), (dec.Vt, ref.Vt)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(regions.decoupled(mm), [2, 30])
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_the_float32_gram_route_is_a_float32_accurate_svd_with_tiny_and_clustered_singular_values(layout, monkeypatch):
+    """The float32 SVD (float64 Gram matrix, dsyevr) on a J with σ over ten decades, a cluster at 1
+    and two exact zeros, row- and column-major: σ within float32 rounding of the float64 SVD's, U
+    and V orthonormal to float32 precision (the tiny σ's u_i too, orthonormalised), J v_i = σ_i u_i,
+    and the same factors from both layouts."""
+    from trainmap.jacobian import regions
+
+    rng = np.random.default_rng(11)
+    n = 120
+    S = np.concatenate([np.geomspace(30, 1.2, 20), 1 + rng.uniform(-1e-4, 1e-4, 60),
+                        np.geomspace(0.8, 1e-9, 38), [0.0, 0.0]])
+    Q1, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    Q2, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    J = ((Q1 * S) @ Q2.T).astype(np.float32)
+    J = np.asfortranarray(J) if layout == "F" else J
+    calls = []
+    real = regions.scipy.linalg.lapack.dsyevr
+    monkeypatch.setattr(regions.scipy.linalg.lapack, "dsyevr", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dec = svd(J)
+    assert calls == [1] and dec.S.dtype == dec.U.dtype == dec.Vt.dtype == np.float32
+    J64 = J.astype(np.float64)
+    ref = np.linalg.svd(J64, compute_uv=False)
+    assert np.max(np.abs(dec.S - ref)) <= 1e-7 * ref[0]
+    U, Vt = dec.U.astype(np.float64), dec.Vt.astype(np.float64)
+    assert np.max(np.abs(U.T @ U - np.eye(n))) < 1e-5
+    assert np.max(np.abs(Vt @ Vt.T - np.eye(n))) < 1e-5
+    assert np.max(np.linalg.norm(J64 @ Vt.T - U * dec.S, axis=0)) < 1e-5 * ref[0]
+    other = svd(np.ascontiguousarray(J) if layout == "F" else np.asfortranarray(J))
+    np.testing.assert_allclose(other.S, dec.S, rtol=1e-6, atol=1e-7 * ref[0])
 
 
 #: the documented float32 SVD precision (docs/jacobian.md): |σ32 − σ64| ≤ SVD32_BOUND · σ_max

@@ -1,9 +1,36 @@
-"""The training-Jacobian lens (Scherlis & Belrose 2024): J = ∂θ_T/∂θ₀ and its regions."""
+"""The training-Jacobian lens (Scherlis & Belrose 2024): J = ∂θ_T/∂θ₀ and its regions.
 
-from trainmap.jacobian.analysis import analyze, load_svd
-from trainmap.jacobian.exact import CheckpointError, exact_jacobian
-from trainmap.jacobian.matrix_free import TrainingOperator
-from trainmap.jacobian.regions import JacobianSVD, Thresholds, classify, region_summary, svd
+The names are imported on first use: ``trainmap.jacobian.regions`` and ``trainmap.jacobian.figures``
+(the SVD, the regions and the plots) import neither JAX nor the engine.
+"""
 
-__all__ = ["CheckpointError", "JacobianSVD", "Thresholds", "TrainingOperator", "analyze", "classify",
-           "exact_jacobian", "load_svd", "region_summary", "svd"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+#: public name -> module
+_EXPORTS = {
+    "CheckpointError": "trainmap.jacobian.exact",
+    "exact_jacobian": "trainmap.jacobian.exact",
+    "analyze": "trainmap.jacobian.analysis",
+    "load_svd": "trainmap.jacobian.analysis",
+    "TrainingOperator": "trainmap.jacobian.matrix_free",
+    "JacobianSVD": "trainmap.jacobian.regions",
+    "Thresholds": "trainmap.jacobian.regions",
+    "classify": "trainmap.jacobian.regions",
+    "region_summary": "trainmap.jacobian.regions",
+    "svd": "trainmap.jacobian.regions",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainmap.jacobian' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,6 +19,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
+import scipy.linalg.lapack
+
+from trainmap._io import release_memory
 
 REGIONS = ("chaotic", "bulk", "stable")
 STABLE, BULK, CHAOTIC = 0, 1, 2
@@ -117,15 +121,15 @@ def _gesdd(make: Callable[[], np.ndarray], dt: np.dtype) -> tuple[np.ndarray, np
 SLAB_BYTES = 32 * 2**20
 
 
-def _row_slabs(J: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, rows) of J in slabs of about :data:`SLAB_BYTES`.
+def _row_slabs(J: np.ndarray, slab_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows) of J in slabs of about ``slab_bytes`` (default :data:`SLAB_BYTES`).
 
     For a memory-mapped J (``np.load(..., mmap_mode="r")``) each slab's pages are dropped from
     the process once it has been read (``madvise(MADV_DONTNEED)``; the file stays in the page
     cache), so reading J adds one slab to the resident memory, not the whole matrix.
     """
     rows, row_bytes = J.shape[0], max(J.shape[1] * J.itemsize, 1)
-    step = max(1, SLAB_BYTES // row_bytes)
+    step = max(1, (slab_bytes or SLAB_BYTES) // row_bytes)
     mm = getattr(J, "_mmap", None) if isinstance(J, np.memmap) else None
     if not (hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED")):
         mm = None
@@ -163,14 +167,90 @@ def decoupled(J: np.ndarray) -> np.ndarray:
     return _scan(J)[1]
 
 
+def _block_slabs(J: np.ndarray, idx: np.ndarray, slab_bytes: int | None = None
+                 ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Rows ``lo:hi`` of J[idx][:, idx] (idx sorted), read slab by slab: (lo, hi, (hi − lo, n) rows)."""
+    for r0, slab in _row_slabs(J, slab_bytes):
+        lo, hi = np.searchsorted(idx, [r0, r0 + slab.shape[0]])
+        if hi > lo:
+            yield int(lo), int(hi), slab[idx[lo:hi] - r0][:, idx]
+
+
 def _block(J: np.ndarray, idx: np.ndarray, dt: np.dtype) -> np.ndarray:
     """A fresh (n, n) array J[idx][:, idx] in ``dt``, read slab by slab (idx sorted)."""
     A = np.empty((idx.size, idx.size), dt)
-    for r0, slab in _row_slabs(J):
-        lo, hi = np.searchsorted(idx, [r0, r0 + slab.shape[0]])
-        if hi > lo:
-            A[lo:hi] = slab[idx[lo:hi] - r0][:, idx]
+    for lo, hi, rows in _block_slabs(J, idx):
+        A[lo:hi] = rows
     return A
+
+
+#: below this fraction of σ_max the Gram route's u_i = J v_i / σ_i is computed in float64
+GRAM_FLOAT64_BELOW = 2.0 ** -8
+
+
+#: rows of J read at a time by the Gram route's two passes (its float64 copies are twice this)
+GRAM_SLAB_BYTES = 8 * 2**20
+
+
+def _gram_svd(J: np.ndarray, idx: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """U, S, Vt of A = J[idx][:, idx] (n, n) in ``dt`` from the eigendecomposition of the float64
+    Gram matrix AᵀA (LAPACK dsyevr: O(n) workspace); None if dsyevr fails.
+
+    The float32 route of :func:`svd`: at most 2 n² float64 in memory (AᵀA and its eigenvectors),
+    where gesdd holds the matrix, U, Vᵀ and a 3 n² workspace (6 n² float32, about as much). A is
+    read from J slab by slab, twice (for AᵀA, then for U). Accuracy: σ_i to about ε₆₄ σ_max² / σ_i
+    absolute, V orthonormal to ε₆₄; u_i = A v_i / σ_i (a float32 product) for σ_i ≥
+    :data:`GRAM_FLOAT64_BELOW` σ_max; below, where the rounding of A v_i / σ_i grows as
+    σ_max / σ_i, the u_i are A v_i from a float64 product orthonormalised against the other u and
+    among themselves (Gram–Schmidt twice, in descending σ).
+    """
+    n = idx.size
+    G = np.zeros((n, n), np.float64, order="F")
+    for _, _, rows in _block_slabs(J, idx, GRAM_SLAB_BYTES):
+        G = scipy.linalg.blas.dsyrk(1.0, rows.astype(np.float64).T, beta=1.0, c=G, trans=0, lower=1,
+                                    overwrite_c=1)
+    release_memory(collect=False)  # the slabs' float64 copies, before dsyevr allocates its n² eigenvectors
+    w, z, _, _, info = scipy.linalg.lapack.dsyevr(G, compute_v=1, range="A", lower=1, overwrite_a=1)
+    del G
+    if info != 0:
+        return None
+    S = np.sqrt(np.maximum(w[::-1], 0.0))
+    V = z[:, ::-1]  # float64, columns by descending σ
+    smax = float(S[0]) if n else 0.0
+    m = int(np.count_nonzero(S >= GRAM_FLOAT64_BELOW * smax)) if smax > 0 else 0
+    Vt = np.ascontiguousarray(V.T, dtype=dt)
+    V_small = np.array(V[:, m:])
+    del z, V
+    U = np.empty((n, n), dt)  # A v_i: float32 products for the large σ_i, float64 for the small
+    for lo, hi, rows in _block_slabs(J, idx, GRAM_SLAB_BYTES):
+        U[lo:hi, :m] = np.asarray(rows, dt) @ Vt[:m].T
+        U[lo:hi, m:] = rows.astype(np.float64) @ V_small
+    del V_small
+    U[:, :m] /= S[:m].astype(dt)
+    if m < n:
+        U[:, m:] = _complement(U[:, :m], U[:, m:])
+    return U, S.astype(dt), Vt
+
+
+def _complement(Ub: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (n, k) of span(W) with the span of the orthonormal Ub (n, t) projected
+    out, twice (Gram–Schmidt, CGS2); each column signed to point along its column of W."""
+    Q = W.astype(np.float64)
+    for _ in range(2):
+        Q -= Ub @ (Ub.T @ Q.astype(Ub.dtype))
+        Q, R = np.linalg.qr(Q)
+        Q *= np.where(np.diag(R) < 0, -1.0, 1.0)
+    return Q.astype(Ub.dtype)
+
+
+def _dense_svd(J: np.ndarray, idx: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U, S, Vt of J[idx][:, idx] in ``dt``: float32 by the Gram route (:func:`_gram_svd`), float64
+    (and float32 where dsyevr fails) by gesdd (:func:`_gesdd`)."""
+    if dt == np.float32:
+        out = _gram_svd(J, idx, dt)
+        if out is not None:
+            return out
+    return _gesdd(lambda: _block(J, idx, dt), dt)
 
 
 def _svd_deflated(J: np.ndarray, dt: np.dtype, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,16 +258,16 @@ def _svd_deflated(J: np.ndarray, dt: np.dtype, dead: np.ndarray) -> tuple[np.nda
 
     After a permutation J is block diagonal, the coupled block and a diagonal; each decoupled j
     contributes σ = |J_jj| with u = sign(J_jj) e_j and v = e_j, and only the coupled block goes
-    through gesdd (192 of the 4,810 indices on the published setup: gesdd's cost falls by
+    through the dense SVD (192 of the 4,810 indices on the published setup: its cost falls by
     about 11%). The factors are merged in descending σ.
     """
     P = J.shape[0]
     live = np.setdiff1d(np.arange(P), dead)
     if dead.size == 0:
-        return _gesdd(lambda: _block(J, live, dt), dt)
+        return _dense_svd(J, live, dt)
     diag = np.asarray(J[dead, dead]).astype(dt)
     if live.size:
-        Ul, Sl, Vtl = _gesdd(lambda: _block(J, live, dt), dt)
+        Ul, Sl, Vtl = _dense_svd(J, live, dt)
     else:
         Ul = Vtl = np.zeros((0, 0), dt)
         Sl = np.zeros(0, dt)
@@ -195,12 +275,13 @@ def _svd_deflated(J: np.ndarray, dt: np.dtype, dead: np.ndarray) -> tuple[np.nda
     order = np.argsort(-S_all, kind="stable")  # position of every singular value after the merge
     slot = np.empty(P, np.int64)
     slot[order] = np.arange(P)
-    U = np.zeros((P, P), dt)
-    Vt = np.zeros((P, P), dt)
     cols = slot[: live.size]
+    U = np.zeros((P, P), dt)  # each factor is placed and its block freed before the next is allocated
     U[np.ix_(live, cols)] = Ul
+    del Ul
+    Vt = np.zeros((P, P), dt)
     Vt[np.ix_(cols, live)] = Vtl
-    del Ul, Vtl
+    del Vtl
     at = slot[live.size:]
     U[dead, at] = np.where(diag < 0, -1, 1).astype(dt)
     Vt[at, dead] = 1
@@ -223,7 +304,13 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
         J = np.asarray(J)
     if J.ndim != 2 or J.shape[0] != J.shape[1]:
         raise ValueError(f"J must be square (P, P), got {J.shape}")
+    if J.flags.f_contiguous and not J.flags.c_contiguous:
+        # column-major (the forward engine's J.npy): decompose Jᵀ = V Σ Uᵀ, whose rows are J's
+        # contiguous columns, so that every pass reads J slab by slab
+        t = svd(J.T, thresholds, dtype)
+        return JacobianSVD(t.Vt.T, t.S, t.U.T, t.codes, t.cos_uv, thresholds, t.decoupled)
     finite, dead = _scan(J)
+    release_memory(collect=False)
     if not finite:
         raise ValueError("J contains NaN/inf; recompute it (the training run may have diverged)")
     dt = np.dtype(dtype or J.dtype)
