@@ -8,8 +8,7 @@ and ``trainmap.ribbon`` (InPCA hyper-ribbons); ``trainmap.record`` stores trajec
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from trainmap._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,7 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'trainmap' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ The names are imported on first use: ``trainmap.jacobian.regions`` and ``trainma
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from trainmap._lazy import lazy_exports
 
 #: public name -> module
 _EXPORTS = {
@@ -26,11 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'trainmap.jacobian' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
