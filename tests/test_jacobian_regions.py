@@ -201,6 +201,7 @@ def test_the_float32_gram_route_is_a_float32_accurate_svd_with_tiny_and_clustere
     monkeypatch.setattr(regions.scipy.linalg.lapack, "dsyevr", lambda *a, **k: calls.append(1) or real(*a, **k))
     dec = svd(J)
     assert calls == [1] and dec.S.dtype == dec.U.dtype == dec.Vt.dtype == np.float32
+    assert dec.U.flags.c_contiguous and dec.Vt.flags.c_contiguous  # the saved files as for a row-major J
     J64 = J.astype(np.float64)
     ref = np.linalg.svd(J64, compute_uv=False)
     assert np.max(np.abs(dec.S - ref)) <= 1e-7 * ref[0]

@@ -307,8 +307,13 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
     if J.flags.f_contiguous and not J.flags.c_contiguous:
         # column-major (the forward engine's J.npy): decompose Jᵀ = V Σ Uᵀ, whose rows are J's
         # contiguous columns, so that every pass reads J slab by slab
+        # contiguous, so that the factors and their files are as for a row-major J (the copies
+        # come after the decomposition's peak, which holds two n² float64)
         t = svd(J.T, thresholds, dtype)
-        return JacobianSVD(t.Vt.T, t.S, t.U.T, t.codes, t.cos_uv, thresholds, t.decoupled)
+        U, rest = np.ascontiguousarray(t.Vt.T), (t.U, t.S, t.codes, t.cos_uv, t.decoupled)
+        del t
+        Vt = np.ascontiguousarray(rest[0].T)
+        return JacobianSVD(U, rest[1], Vt, rest[2], rest[3], thresholds, rest[4])
     finite, dead = _scan(J)
     release_memory(collect=False)
     if not finite:
