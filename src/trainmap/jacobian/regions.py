@@ -184,7 +184,8 @@ def _block(J: np.ndarray, idx: np.ndarray, dt: np.dtype) -> np.ndarray:
     return A
 
 
-#: below this fraction of σ_max the Gram route's u_i = J v_i / σ_i is computed in float64
+#: below this fraction of σ_max the Gram route's u_i come from a float64 product J v_i,
+#: orthonormalised (above it: J v_i / σ_i in float32)
 GRAM_FLOAT64_BELOW = 2.0 ** -8
 
 
@@ -306,14 +307,16 @@ def svd(J: np.ndarray, thresholds: Thresholds = Thresholds(), dtype: Any = None)
         raise ValueError(f"J must be square (P, P), got {J.shape}")
     if J.flags.f_contiguous and not J.flags.c_contiguous:
         # column-major (the forward engine's J.npy): decompose Jᵀ = V Σ Uᵀ, whose rows are J's
-        # contiguous columns, so that every pass reads J slab by slab
-        # contiguous, so that the factors and their files are as for a row-major J (the copies
-        # come after the decomposition's peak, which holds two n² float64)
+        # contiguous columns, so that every pass reads J slab by slab. The factors are then copied
+        # to row-major, as for any other J (after the decomposition's peak of two n² float64);
+        # each of Jᵀ's factors is dropped as soon as its copy exists
         t = svd(J.T, thresholds, dtype)
-        U, rest = np.ascontiguousarray(t.Vt.T), (t.U, t.S, t.codes, t.cos_uv, t.decoupled)
+        U_of_t, S, codes, cos_uv, k = t.U, t.S, t.codes, t.cos_uv, t.decoupled
+        U = np.ascontiguousarray(t.Vt.T)
         del t
-        Vt = np.ascontiguousarray(rest[0].T)
-        return JacobianSVD(U, rest[1], Vt, rest[2], rest[3], thresholds, rest[4])
+        Vt = np.ascontiguousarray(U_of_t.T)
+        del U_of_t
+        return JacobianSVD(U, S, Vt, codes, cos_uv, thresholds, k)
     finite, dead = _scan(J)
     release_memory(collect=False)
     if not finite:
